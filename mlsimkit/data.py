@@ -20,14 +20,16 @@ whose lines each name the file, table and column and say what was expected. Choi
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .errors import DataValidationError, where
-from .io import atomic_path
+from .io import atomic_path, write_text
 from .schema import Schema, Table
 
 NA_TOKENS = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "."]
@@ -118,8 +120,9 @@ class MultilevelData:
         return MultilevelData(self.schema, tables, validate=False)
 
     def equals(self, other: "MultilevelData") -> bool:
-        """Same schema and same rows in every table (row order ignored)."""
-        if self.schema != other.schema:
+        """Same tables, keys and columns, and the same rows in every table (row order and file names
+        ignored)."""
+        if _structure(self.schema) != _structure(other.schema):
             return False
         for name in self.levels:
             a, b = (_sorted(d.tables[name], self.schema.tables[name]) for d in (self, other))
@@ -181,14 +184,21 @@ class MultilevelData:
 
     # ----------------------------------------------------------------- files
     def to_csv(self, directory: str | Path) -> dict[str, Path]:
-        """Write one CSV per table (named by the schema's ``file`` or ``<table>.csv``), atomically."""
+        """Write one CSV per table (``<table>.csv``) and the schema (``schema.yml``), each atomically.
+
+        ``read_csv(Schema.from_yaml(directory / "schema.yml"), directory)`` reads the same data back.
+        """
         directory = Path(directory)
         out = {}
+        tables = {}
         for name in self.levels:
-            fname = self.schema.tables[name].file or f"{name}.csv"
+            fname = f"{name}.csv"
             with atomic_path(directory / fname) as tmp:
                 self.tables[name].to_csv(tmp, index=False)
             out[name] = directory / fname
+            tables[name] = replace(self.schema.tables[name], file=fname)
+        schema = replace(self.schema.with_tables(tables), join_as_one=None)
+        out["schema"] = write_text(directory / "schema.yml", yaml.safe_dump(schema.to_dict(), sort_keys=False))
         return out
 
 
@@ -418,3 +428,7 @@ def _coerce(frame: pd.DataFrame, t: Table, problems: list, file) -> pd.DataFrame
 
 def _sorted(df: pd.DataFrame, t: Table) -> pd.DataFrame:
     return df.sort_values(list(t.primary_key), kind="stable").reset_index(drop=True)
+
+
+def _structure(schema: Schema) -> list:
+    return [(t.name, t.primary_key, t.parent, t.foreign_key, t.columns) for t in schema.tables.values()]

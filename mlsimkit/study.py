@@ -119,6 +119,18 @@ class Study:
         return p
 
 
+def find_root(start: str | Path | None = None) -> Path:
+    """The nearest folder (from ``start`` or the working directory upwards) holding ``params/`` and
+    ``notebooks/``: the project root."""
+    import os
+
+    here = Path(start or os.getcwd()).resolve()
+    for cand in (here, *here.parents):
+        if (cand / "params").is_dir() and (cand / "notebooks").is_dir():
+            return cand
+    raise ParamsError(f"no project root (a folder with params/ and notebooks/) at or above '{here}'")
+
+
 def params_file(study: str, root: str | Path = ".") -> Path:
     return Path(root) / "params" / f"{study}.yml"
 
@@ -128,9 +140,13 @@ def available(root: str | Path = ".") -> list[str]:
     return sorted(p.stem for p in (Path(root) / "params").glob("*.yml"))
 
 
-def load(study: str, profile: str = "default", root: str | Path = ".") -> Study:
-    """Read ``<root>/params/<study>.yml`` and merge ``common`` with the chosen profile."""
-    root = Path(root).resolve()
+def load(study: str, profile: str = "default", root: str | Path | None = None) -> Study:
+    """Read ``<root>/params/<study>.yml`` and merge ``common`` with the chosen profile.
+
+    ``root=None`` finds the project root from the working directory (so a notebook opened in
+    ``notebooks/`` works as well as one executed by the runner).
+    """
+    root = Path(root).resolve() if root else find_root()
     path = params_file(study, root)
     if not path.is_file():
         raise ParamsError(

@@ -1,0 +1,180 @@
+"""Execute the stage notebooks of each study with papermill and build the book with Jupyter Book.
+
+``notebooks/<stage>.ipynb`` are templates; a study's params file says which stages it runs. Each
+(study, stage) is executed into ``<out>/book/executed/<study>/<stage>.ipynb`` with the parameters
+``study``, ``profile`` and ``root``; the injected-parameters cell is tagged ``remove-cell`` so the book
+does not show it. The first failing notebook stops the run with an error naming it and the failing cell
+(the partly executed copy is kept as ``<stage>.failed.ipynb`` for inspection, never under the book's
+name). The book is built with ``jupyter-book build <out> -W`` (warnings are errors).
+
+When ``out`` differs from the project root, the book's sources (``_config.yml``, ``_toc.yml``, ``book/``,
+``params/``) are copied there first, so a whole run can go to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import study as study_mod
+from .errors import MlsimkitError
+
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "params")
+
+
+class NotebookFailed(MlsimkitError):
+    """A stage notebook raised an exception."""
+
+
+class BookBuildFailed(MlsimkitError):
+    """``jupyter-book build -W`` failed."""
+
+
+def run(
+    studies: Iterable[str] | str = "all",
+    profile: str = "default",
+    *,
+    root: str | Path | None = None,
+    out: str | Path | None = None,
+    stages: Iterable[str] | None = None,
+    build: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path | None:
+    """Execute the notebooks of ``studies`` under ``profile`` and (optionally) build the book.
+
+    Returns the path of the book's ``index.html`` when built, else ``None``.
+    """
+    root = study_mod.find_root(root)
+    out = Path(out).resolve() if out else root
+    if out != root:
+        _copy_sources(root, out)
+    names = study_mod.available(out) if studies == "all" else [studies] if isinstance(studies, str) else list(studies)
+    if not names:
+        raise MlsimkitError(f"no params files under '{out / 'params'}'")
+    wanted = set(stages) if stages else None
+    for name in names:
+        st = study_mod.load(name, profile, out)  # validates the params file before anything runs
+        for stage in st.stages:
+            if wanted and stage not in wanted:
+                continue
+            execute(root / "notebooks" / f"{stage}.ipynb",
+                    out / "book" / "executed" / name / f"{stage}.ipynb",
+                    {"study": name, "profile": profile, "root": str(out)}, cwd=out, log=log)
+    if not build:
+        return None
+    return build_book(out, log=log)
+
+
+def _copy_sources(root: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for item in BOOK_SOURCES:
+        src = root / item
+        if src.is_dir():
+            shutil.copytree(src, out / item, dirs_exist_ok=True, ignore=shutil.ignore_patterns("executed"))
+        elif src.is_file():
+            shutil.copy2(src, out / item)
+
+
+def execute(template: Path, target: Path, parameters: dict, *, cwd: Path, log=print) -> Path:
+    """Execute one notebook template into ``target`` (atomically); raise :class:`NotebookFailed`."""
+    import papermill as pm
+
+    if not template.is_file():
+        raise MlsimkitError(f"file '{template}': stage notebook not found")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.running.ipynb")
+    failed = target.with_name(f"{target.stem}.failed.ipynb")
+    label = f"{parameters.get('study')}/{target.stem}"
+    t0 = time.perf_counter()
+    log(f"[mlsimkit] running {label} ...")
+    try:
+        pm.execute_notebook(str(template), str(tmp), parameters=parameters, kernel_name="python3",
+                            cwd=str(cwd), progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        os.replace(tmp, failed)
+        if target.exists():
+            target.unlink()  # never leave a stale success next to a failure
+        src = _cell_source(failed, exc.cell_index)
+        raise NotebookFailed(
+            f"notebook '{template.name}' failed for study '{parameters.get('study')}' (profile "
+            f"'{parameters.get('profile')}') in cell {exc.cell_index} (execution count {exc.exec_count}):\n"
+            f"    {src}\n{exc.ename}: {exc.evalue}\n(partly executed copy: '{failed}')"
+        ) from None
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    _hide_parameter_cells(tmp)
+    os.replace(tmp, target)
+    if failed.exists():
+        failed.unlink()
+    log(f"[mlsimkit] done    {label} in {time.perf_counter() - t0:.1f} s")
+    return target
+
+
+def _cell_source(nb_path: Path, index: int) -> str:
+    try:
+        cells = json.loads(nb_path.read_text())["cells"]
+        lines = "".join(cells[index]["source"]).strip().splitlines()
+        return "\n    ".join(lines[:6]) + ("\n    ..." if len(lines) > 6 else "")
+    except (OSError, ValueError, KeyError, IndexError):
+        return "<source unavailable>"
+
+
+def _hide_parameter_cells(path: Path) -> None:
+    """Tag papermill's injected cell and the template's parameters cell ``remove-cell``."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if ("injected-parameters" in tags or "parameters" in tags) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    path.write_text(json.dumps(nb, indent=1))
+
+
+def build_book(out: Path, *, log=print) -> Path:
+    """``jupyter-book build <out> -W``; returns the path of ``index.html``."""
+    missing = _missing_toc_files(out)
+    if missing:
+        raise BookBuildFailed(
+            "the table of contents lists pages that have not been produced yet: "
+            + ", ".join(missing)
+            + "; run every study first (mlsimkit run --study all)"
+        )
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(out), "-W", "-n", "--keep-going"]
+    log(f"[mlsimkit] building the book: {' '.join(cmd)}")
+    proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise BookBuildFailed(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+    index = out / "_build" / "html" / "index.html"
+    log(f"[mlsimkit] book ready: {index}")
+    return index
+
+
+def _missing_toc_files(out: Path) -> list[str]:
+    import yaml
+
+    toc = yaml.safe_load((out / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    files.append(toc.get("root", ""))
+    walk(toc.get("parts", toc.get("chapters", [])))
+    exts = (".md", ".ipynb", ".rst")
+    return [f for f in files if f and not any((out / f"{f}{e}").exists() or (out / f).exists() for e in exts)]
