@@ -1,0 +1,101 @@
+"""The runner executes the stage notebooks with papermill and builds the book with `jupyter-book -W`."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mlsimkit.study as st
+from mlsimkit.errors import MissingArtifactError, ParamsError
+from mlsimkit.runner import NotebookFailed, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_book(tmp_path_factory):
+    out = tmp_path_factory.mktemp("book")
+    index = run("all", "quick", root=ROOT, out=out, log=lambda *_: None)
+    return out, index
+
+
+def _outputs(nb_path):
+    nb = json.loads(nb_path.read_text())
+    return nb, [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["hsb-prediction", "hsb-recovery"])
+def test_stage1_notebook_executed_with_tables_and_figures(quick_book, study):
+    out, _ = quick_book
+    nb_path = out / "book" / "executed" / study / "1-specify.ipynb"
+    nb, outputs = _outputs(nb_path)
+    assert not any(o.get("output_type") == "error" for o in outputs)
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 2  # cluster sizes + correlation heatmap
+    html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "MathAch" in html and "icc" in html and "primary key" in html
+    injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert injected and all("remove-cell" in c["metadata"]["tags"] for c in injected)
+    assert f'study = "{study}"' in "".join(injected[0]["source"])
+    run_dir = out / "runs" / study / "quick" / "1-specify"
+    assert (run_dir / "data" / "students.csv").is_file() and (run_dir / "icc.csv").is_file()
+
+
+@pytest.mark.slow
+def test_book_built_with_every_stage_page(quick_book):
+    out, index = quick_book
+    assert index == out / "_build" / "html" / "index.html" and index.is_file()
+    for study in ("hsb-prediction", "hsb-recovery"):
+        for stage in st.STAGES:
+            page = out / "_build" / "html" / "book" / "executed" / study / f"{stage}.html"
+            assert page.is_file(), page
+    stage1 = (out / "_build" / "html" / "book" / "executed" / "hsb-prediction" / "1-specify.html").read_text()
+    assert "Stage 1" in stage1 and "<img" in stage1 and "injected-parameters" not in stage1
+
+
+@pytest.mark.slow
+def test_failing_notebook_is_named_with_its_cell(tmp_path):
+    out = tmp_path / "out"
+    (out / "params").mkdir(parents=True)
+    spec = yaml.safe_load((ROOT / "params" / "hsb-prediction.yml").read_text())
+    spec.update(study="broken", stages=["1-specify"], dataset=None, schema="nowhere/schema.yml")
+    del spec["dataset"]
+    (out / "params" / "broken.yml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(NotebookFailed) as info:
+        run("broken", "quick", root=ROOT, out=out, build=False, log=lambda *_: None)
+    msg = str(info.value)
+    assert "1-specify.ipynb" in msg and "study 'broken'" in msg and "cell" in msg
+    assert "SchemaError" in msg and "schema file not found" in msg
+    executed = out / "book" / "executed" / "broken"
+    assert (executed / "1-specify.failed.ipynb").is_file() and not (executed / "1-specify.ipynb").exists()
+
+
+def test_missing_artifact_names_the_notebook_to_run_first(tmp_path):
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    (tmp_path / "notebooks").mkdir()
+    s = st.load("hsb-prediction", "quick", tmp_path)
+    with pytest.raises(MissingArtifactError, match=r"run notebook '2-train' for study 'hsb-prediction'"):
+        s.require("models/clavaddpm.pkl", made_by="2-train")
+
+
+def test_params_errors(tmp_path):
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    with pytest.raises(ParamsError, match="profile"):
+        st.load("hsb-prediction", "huge", tmp_path)
+    with pytest.raises(ParamsError, match="params file of study 'nope' not found"):
+        st.load("nope", "quick", tmp_path)
+    s = st.load("hsb-prediction", "quick", tmp_path)
+    with pytest.raises(ParamsError, match="parameter 'no_such' is not set for profile 'quick'"):
+        s["no_such"]
+
+
+def test_source_notebooks_have_parameters_cell_and_no_outputs():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert "parameters" in code[0]["metadata"].get("tags", []), path
+        assert all(not c.get("outputs") and not c.get("execution_count") for c in code), path
+        assert not any("def " in "".join(c["source"]) for c in code), f"{path}: logic belongs in mlsimkit"
