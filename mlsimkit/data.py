@@ -183,6 +183,11 @@ class MultilevelData:
         return cls(schema, tables, files={n: file for n in schema.levels} if file else None)
 
     # ----------------------------------------------------------------- files
+    @classmethod
+    def from_csv(cls, directory: str | Path) -> "MultilevelData":
+        """Read a folder written by :meth:`to_csv` (its ``schema.yml`` and one CSV per table)."""
+        return read_csv(Schema.from_yaml(Path(directory) / "schema.yml"), directory)
+
     def to_csv(self, directory: str | Path) -> dict[str, Path]:
         """Write one CSV per table (``<table>.csv``) and the schema (``schema.yml``), each atomically.
 

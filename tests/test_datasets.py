@@ -64,7 +64,7 @@ def test_join_as_one_round_trip_on_real_data(name):
 
 def test_csv_round_trip(tmp_path, hsb):
     hsb.to_csv(tmp_path)
-    again = read_csv(Schema.from_yaml(tmp_path / "schema.yml"), tmp_path)
+    again = MultilevelData.from_csv(tmp_path)
     assert again.equals(hsb)
 
 
