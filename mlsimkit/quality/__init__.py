@@ -1,0 +1,21 @@
+"""Stage 3: quality evaluation of synthetic multilevel data (Suk et al., section 3.4), with a real-vs-real reference.
+
+Main entry point::
+
+    from mlsimkit import quality
+    rep = quality.evaluate(real, {"ClavaDDPM": [syn1, syn2, ...]}, reference_splits=5, bootstrap=20, efficacy="fast")
+    rep.table          # tidy long table: dataset, domain, subdomain, metric, level, variables, value, sd, lo, hi,
+                       # reference, ref_lo, ref_hi
+    rep.summary()      # domain averages as in Table S2, with Table 1 labels and the reference
+    rep.figure_icc(); rep.to_html("quality.html")
+
+Modules: :mod:`.within` (within-table fidelity), :mod:`.between` (between-table fidelity, ICC and reliability
+similarity), :mod:`.efficacy` (ML efficacy, TSTR vs TRTR), :mod:`.privacy` (generalization, DCR),
+:mod:`.seed001` (Wasserstein, Jensen-Shannon, alpha-precision, beta-recall, authenticity, detection, SDIS),
+:mod:`.reference` (real-vs-real halves, bootstrap, the shuffled-schools data set), :mod:`.report`.
+"""
+
+from .reference import shuffled_schools
+from .report import QualityReport, evaluate, label, summarise_rows
+
+__all__ = ["evaluate", "QualityReport", "label", "shuffled_schools", "summarise_rows"]

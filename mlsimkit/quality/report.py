@@ -1,0 +1,375 @@
+"""Stage 3 entry point: :func:`evaluate` real vs synthetic data and return a :class:`QualityReport`.
+
+The report's ``table`` is tidy and long — one row per (dataset, domain, subdomain, metric, level, variables)
+with the mean ``value`` over the k synthetic data sets, its spread ``sd``, the bootstrap interval
+``lo``/``hi``, the real-vs-real ``reference`` and its band ``ref_lo``/``ref_hi``. ``summary()`` gives the
+domain averages of Table S2 with the heuristic labels of Table 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from ..data import MultilevelData
+from ..errors import MlsimkitError
+from ..io import atomic_path
+from ._common import kinds_of, resample_schools, split_halves
+from .between import between_tables, icc_tables
+from .efficacy import efficacy_rows
+from .privacy import privacy_rows
+from .reference import band, interval
+from .seed001 import seed001_rows
+from .within import within_table
+
+KEYS = ["domain", "subdomain", "metric", "level", "variables"]
+REFERENCE = "real vs real"
+
+# Table 1 of Suk et al.
+LABELS = [(0.90, "Excellent"), (0.80, "Good"), (0.60, "Fair"), (-np.inf, "Poor")]
+
+
+def label(score: float) -> str:
+    """Heuristic label of Table 1 (0.90-0.99 Excellent, 0.80-0.89 Good, 0.60-0.79 Fair, < 0.60 Poor)."""
+    if score is None or not np.isfinite(score):
+        return ""
+    for cut, name in LABELS:
+        if score >= cut:
+            return name
+    return "Poor"
+
+
+# ------------------------------------------------------------------------------------ scoring one pair
+def fidelity_rows(real: MultilevelData, syn: MultilevelData, *, real_iccs=None) -> list[dict]:
+    """Within- and between-table fidelity rows (the cheap part, also used by the bootstrap)."""
+    rows = []
+    for table in real.levels:
+        rows += within_table(real[table], syn[table], kinds_of(real, table), table)
+    rows += between_tables(real, syn, real_iccs=real_iccs)
+    return rows
+
+
+def score_pair(real: MultilevelData, syn: MultilevelData, *, efficacy=False, privacy=True, seed001=True, seed=0,
+               real_iccs=None, holdout=None, cache=None, targets=None) -> list[dict]:
+    """Every metric of one (real, synthetic) pair, as long rows."""
+    rows = fidelity_rows(real, syn, real_iccs=real_iccs)
+    if privacy:
+        rows += privacy_rows(real, syn, holdout=holdout, rng=np.random.default_rng(seed))
+    if seed001:
+        rows += seed001_rows(real, syn, seed=seed)
+    if efficacy:
+        mode = "full" if efficacy is True else efficacy
+        rows += efficacy_rows(real, syn, mode=mode, seed=seed, _cache=cache, targets=targets)
+    return rows
+
+
+# ------------------------------------------------------------------------------------ summaries (Table S2)
+def summarise_rows(df: pd.DataFrame, levels: Sequence[str]) -> pd.DataFrame:
+    """Domain averages of one replicate's rows, as in Table S2.
+
+    Within a table: each metric is averaged over its variables or pairs; marginal fidelity = mean of the
+    marginal metric averages, pairwise fidelity = mean of the pairwise ones, table fidelity = mean of all
+    metric averages. Between tables: each metric's average, and their mean. ML efficacy: per target the mean
+    over models; per level the mean over targets; overall the mean over all targets.
+    """
+    out = []
+    w = df[df.domain == "within-table"]
+    for table in levels:
+        t = w[w.level == table]
+        if t.empty:
+            continue
+        m = t.groupby(["subdomain", "metric"], sort=False)["value"].mean()
+        for (sub, metric), v in m.items():
+            out.append(("within-table", table, metric, v))
+        for sub in ("marginal", "pairwise"):
+            if sub in m.index.get_level_values(0):
+                out.append(("within-table", table, f"{sub} fidelity", m.loc[sub].mean()))
+        out.append(("within-table", table, f"{table}-table fidelity", m.mean()))
+    b = df[df.domain == "between-table"]
+    if not b.empty:
+        m = b.groupby("metric", sort=False)["value"].mean()
+        for metric, v in m.items():
+            out.append(("between-table", "all", metric, v))
+        out.append(("between-table", "all", "between-table fidelity", m.mean()))
+    e = df[df.domain == "ML efficacy"]
+    if not e.empty:
+        per_target = e.groupby(["level", "variables"], sort=False)["value"].mean()
+        for table in levels:
+            if table in per_target.index.get_level_values(0):
+                out.append(("ML efficacy", table, f"{table}-level efficacy", per_target.loc[table].mean()))
+        out.append(("ML efficacy", "all", "overall efficacy", per_target.mean()))
+    for dom in ("privacy", "seed-001"):
+        d = df[df.domain == dom]
+        for (lvl, metric), v in d.groupby(["level", "metric"], sort=False)["value"].mean().items():
+            out.append((dom, lvl, metric, v))
+    return pd.DataFrame(out, columns=["domain", "level", "item", "value"])
+
+
+def _normal_interval(tab: pd.DataFrame, boot: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``value ± 1.96 × bootstrap SE``, clipped to [0, 1].
+
+    A percentile interval of a similarity score is shifted downward (resampled data sets never match each
+    other perfectly), so it can exclude the estimate itself for scores near 1; the normal interval centred on
+    the estimate, with the bootstrap standard error over schools, does not.
+    """
+    se = boot.groupby(keys, sort=False, dropna=False)["value"].std().rename("se").reset_index()
+    tab = tab.merge(se, on=keys, how="left")
+    tab["lo"] = (tab["value"] - 1.96 * tab["se"]).clip(lower=0)
+    tab["hi"] = (tab["value"] + 1.96 * tab["se"]).clip(upper=1)
+    return tab.drop(columns="se")
+
+
+# ------------------------------------------------------------------------------------ the report
+class QualityReport:
+    """Result of :func:`evaluate`: tables, summary, figures and an HTML file."""
+
+    def __init__(self, replicates: pd.DataFrame, reference: pd.DataFrame, boot: pd.DataFrame, real: MultilevelData,
+                 synthetic: Mapping[str, list], settings: dict, timings: dict):
+        self.replicates = replicates  # per (dataset, replicate) rows
+        self.reference_rows = reference  # per split rows
+        self.bootstrap_rows = boot
+        self.real = real
+        self.synthetic = dict(synthetic)
+        self.settings = settings
+        self.timings = timings
+        self.table = self._aggregate(replicates, reference, boot, KEYS)
+
+    # -------------------------------------------------------------- tables
+    @staticmethod
+    def _aggregate(rep, ref, boot, keys):
+        extra = [c for c in ("stat_real", "stat_syn") if c in rep.columns]
+        g = rep.groupby(["dataset", *keys], sort=False, dropna=False)
+        tab = g["value"].agg(value="mean", sd="std", k="count").reset_index()
+        for c in extra:
+            tab = tab.merge(g[c].mean().rename(c).reset_index(), on=["dataset", *keys], how="left")
+        if not boot.empty:
+            tab = _normal_interval(tab, boot, ["dataset", *keys])
+        else:
+            tab["lo"] = tab["hi"] = np.nan
+        if not ref.empty:
+            rb = band(ref, keys)
+            if "stat_syn" in ref.columns:
+                sb = ref.groupby(keys, sort=False, dropna=False)["stat_syn"].agg(
+                    ref_stat_lo=lambda v: interval(v)[0], ref_stat_hi=lambda v: interval(v)[1]).reset_index()
+                rb = rb.merge(sb, on=keys, how="left")
+            tab = tab.merge(rb, on=keys, how="left")
+            reft = rb.assign(dataset=REFERENCE, value=rb["reference"], lo=rb["ref_lo"], hi=rb["ref_hi"],
+                             k=ref.groupby(keys, sort=False, dropna=False).size().to_numpy())
+            tab = pd.concat([tab, reft], ignore_index=True)
+        else:
+            tab["reference"] = tab["ref_lo"] = tab["ref_hi"] = np.nan
+        return tab
+
+    def summary(self) -> pd.DataFrame:
+        """Domain averages as in Table S2 per dataset (mean and sd over the k data sets, bootstrap interval),
+        with the real-vs-real reference and the heuristic label of Table 1 (fidelity and efficacy rows)."""
+        levels = self.real.levels
+        keys = ["domain", "level", "item"]
+
+        def per(frame, by):
+            if frame.empty:
+                return pd.DataFrame(columns=[*by, *keys, "value"])
+            parts = []
+            for k, sub in frame.groupby(by, sort=False):
+                s = summarise_rows(sub, levels)
+                for col, val in zip(by, k if isinstance(k, tuple) else (k,)):
+                    s[col] = val
+                parts.append(s)
+            return pd.concat(parts, ignore_index=True)
+
+        rep = per(self.replicates, ["dataset", "replicate"])
+        out = rep.groupby(["dataset", *keys], sort=False)["value"].agg(value="mean", sd="std").reset_index()
+        boot = per(self.bootstrap_rows, ["dataset", "draw"])
+        if not boot.empty:
+            out = _normal_interval(out, boot, ["dataset", *keys])
+        ref = per(self.reference_rows, ["replicate"])
+        if not ref.empty:
+            out = out.merge(band(ref, keys), on=keys, how="left")
+        scored = out.domain.isin(["within-table", "between-table", "ML efficacy"])
+        out["label"] = np.where(scored, out["value"].map(label), "")
+        if "reference" in out:
+            out["reference label"] = np.where(scored, out["reference"].map(label), "")
+        return out
+
+    # -------------------------------------------------------------- figures
+    def figure_marginals(self, dataset: str | None = None):
+        from .figures import marginals
+
+        return marginals(self.real, self._first(dataset), dataset or next(iter(self.synthetic), ""))
+
+    def figure_correlations(self, dataset: str | None = None):
+        from .figures import correlations
+
+        return correlations(self.real, self._first(dataset), dataset or next(iter(self.synthetic), ""))
+
+    def figure_cluster_sizes(self):
+        from .figures import cluster_sizes
+
+        return cluster_sizes(self.real, {k: v[0] for k, v in self.synthetic.items()})
+
+    def figure_icc(self):
+        from .figures import icc_plot
+
+        return icc_plot(self.table)
+
+    def figure_scores(self):
+        from .figures import score_bars
+
+        return score_bars(self.summary())
+
+    def _first(self, dataset):
+        if not self.synthetic:
+            raise MlsimkitError("the report holds no synthetic data set to plot")
+        return self.synthetic[dataset or next(iter(self.synthetic))][0]
+
+    def figures(self) -> dict:
+        figs = {"scores by domain": self.figure_scores(), "ICC real vs synthetic": self.figure_icc(),
+                "cluster sizes": self.figure_cluster_sizes()}
+        for name in self.synthetic:
+            figs[f"marginals: {name}"] = self.figure_marginals(name)
+            figs[f"correlations: {name}"] = self.figure_correlations(name)
+        return figs
+
+    # -------------------------------------------------------------- output
+    def to_html(self, path: str | Path, *, title: str = "Synthetic data quality report") -> Path:
+        """A self-contained HTML file (figures embedded as PNG), written atomically."""
+        import matplotlib.pyplot as plt
+
+        parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+                 "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+                 "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
+                 f"<h1>{html.escape(title)}</h1>",
+                 "<p>Scores range from 0 to 1 (1 = the synthetic data reproduce the real data), except privacy distances "
+                 "and the seed-001 distances. <b>reference</b> = the same metric computed between two halves of the real "
+                 "schools (what a perfect generator reaches at this sample size); lo/hi = bootstrap interval over "
+                 "schools. Labels follow Table 1 of Suk et al.</p>",
+                 f"<p>Settings: {html.escape(str(self.settings))}</p>",
+                 "<h2>Summary (Table S2)</h2>", self.summary().to_html(index=False, float_format="%.3f")]
+        for name, fig in self.figures().items():
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            parts.append(f"<h2>{html.escape(name)}</h2><img src='data:image/png;base64,"
+                         f"{base64.b64encode(buf.getvalue()).decode()}'/>")
+        parts += ["<h2>All metrics</h2>", self.table.to_html(index=False, float_format="%.3f"), "</body></html>"]
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(parts), encoding="utf-8")
+        return path
+
+    def __repr__(self):
+        return (f"QualityReport(datasets={list(self.synthetic)}, rows={len(self.table)}, "
+                f"reference_splits={self.settings.get('reference_splits')}, bootstrap={self.settings.get('bootstrap')})")
+
+
+def _as_dict(synthetic) -> dict[str, list[MultilevelData]]:
+    if synthetic is None:
+        return {}
+    if isinstance(synthetic, MultilevelData):
+        return {"synthetic": [synthetic]}
+    if isinstance(synthetic, Mapping):
+        out = {}
+        for k, v in synthetic.items():
+            out[str(k)] = [v] if isinstance(v, MultilevelData) else list(v)
+            if not out[str(k)] or not all(isinstance(x, MultilevelData) for x in out[str(k)]):
+                raise MlsimkitError(f"synthetic[{k!r}]: expected a MultilevelData or a non-empty list of them")
+        return out
+    if isinstance(synthetic, (list, tuple)):
+        return {"synthetic": list(synthetic)}
+    raise MlsimkitError(f"synthetic: expected a MultilevelData or a dict name -> list of MultilevelData, got {type(synthetic)}")
+
+
+def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5, bootstrap: int = 0,
+             efficacy: bool | str = "fast", efficacy_reference_splits: int | None = None, privacy: bool = True,
+             seed001: bool = True, holdout: MultilevelData | None = None, targets=None, seed: int = 0,
+             progress: bool = False) -> QualityReport:
+    """Evaluate synthetic multilevel data against the real data (Stage 3).
+
+    Parameters
+    ----------
+    real : MultilevelData
+    synthetic : MultilevelData, list, or dict name -> list of MultilevelData (k candidate data sets each);
+        ``None`` gives the real-vs-real reference alone.
+    reference_splits : number of random halvings of the real schools for the reference band (0: none).
+    bootstrap : number of bootstrap draws over schools for the intervals of the fidelity metrics (0: none).
+    efficacy : ``False``, ``"fast"`` (3 folds, small ensembles; the book default) or ``True`` / ``"full"``
+        (5 folds as in the paper).
+    efficacy_reference_splits : reference splits that also get ML efficacy (default ``min(3, reference_splits)``).
+    privacy, seed001 : compute those domains.
+    holdout : real data *not* used to train the generator (for the DCR share closer to training).
+    targets : restrict ML efficacy to these variables.
+    seed : root seed; every split and draw gets its own child seed.
+    """
+    if not isinstance(real, MultilevelData):
+        raise MlsimkitError("real: expected a MultilevelData")
+    syn = _as_dict(synthetic)
+    for name, lst in syn.items():
+        for i, s in enumerate(lst):
+            if s.schema != real.schema:
+                raise MlsimkitError(f"synthetic[{name!r}][{i}]: its schema differs from the real data's schema "
+                                    f"'{real.schema.name}'")
+    eff_ref = min(3, reference_splits) if efficacy_reference_splits is None else efficacy_reference_splits
+    ss = np.random.SeedSequence(seed)
+    s_syn, s_ref, s_boot = ss.spawn(3)
+    timings = {}
+    cache: dict = {}
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        real_iccs = icc_tables(real)
+        rows = []
+        for name, lst in syn.items():
+            for i, s in enumerate(lst):
+                r = score_pair(real, s, efficacy=False, privacy=privacy, seed001=seed001, seed=seed + i,
+                               real_iccs=real_iccs, holdout=holdout)
+                rows += [dict(x, dataset=name, replicate=i) for x in r]
+        timings["synthetic (no efficacy)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if efficacy:
+            for name, lst in syn.items():
+                for i, s in enumerate(lst):
+                    r = efficacy_rows(real, s, mode="full" if efficacy is True else efficacy, seed=seed, _cache=cache,
+                                      targets=targets)
+                    rows += [dict(x, dataset=name, replicate=i) for x in r]
+        timings["synthetic efficacy"] = time.perf_counter() - t0
+        # real-vs-real reference
+        t0 = time.perf_counter()
+        ref_rows, t_eff = [], 0.0
+        for j, child in enumerate(s_ref.spawn(reference_splits)):
+            rng = np.random.default_rng(child)
+            a, b = split_halves(real, rng)
+            r = score_pair(a, b, privacy=privacy, seed001=seed001, seed=seed + j)
+            if efficacy and j < eff_ref:
+                te = time.perf_counter()
+                r += efficacy_rows(a, b, mode="full" if efficacy is True else efficacy, seed=seed, targets=targets)
+                t_eff += time.perf_counter() - te
+            ref_rows += [dict(x, dataset=REFERENCE, replicate=j) for x in r]
+        timings["reference (no efficacy)"] = time.perf_counter() - t0 - t_eff
+        timings["reference efficacy"] = t_eff
+        # bootstrap over schools (fidelity metrics)
+        t0 = time.perf_counter()
+        boot_rows = []
+        for d, child in enumerate(s_boot.spawn(bootstrap)):
+            rng = np.random.default_rng(child)
+            rb = resample_schools(real, rng)
+            for name, lst in syn.items():
+                sb = resample_schools(lst[d % len(lst)], rng)
+                boot_rows += [dict(x, dataset=name, draw=d) for x in fidelity_rows(rb, sb)]
+        timings["bootstrap"] = time.perf_counter() - t0
+    rep = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["dataset", "replicate", *KEYS, "value"])
+    ref = pd.DataFrame(ref_rows) if ref_rows else pd.DataFrame(columns=["dataset", "replicate", *KEYS, "value"])
+    boot = pd.DataFrame(boot_rows) if boot_rows else pd.DataFrame(columns=["dataset", "draw", *KEYS, "value"])
+    for df in (rep, ref, boot):
+        if "k" in df.columns:
+            df.drop(columns="k", inplace=True)
+    settings = dict(reference_splits=reference_splits, bootstrap=bootstrap, efficacy=efficacy,
+                    efficacy_reference_splits=eff_ref if efficacy else 0, seed=seed,
+                    datasets={k: len(v) for k, v in syn.items()})
+    return QualityReport(rep, ref, boot, real, syn, settings, timings)
