@@ -1,0 +1,370 @@
+"""CTGAN on the join-as-one table with cluster-level consistency alignment (section 3.3.2).
+
+Training
+--------
+CTGAN (the ``ctgan`` package, WGAN-GP with mode-specific normalisation and training-by-sampling) learns
+the join-as-one table: one row per student carrying the school's variables *and the school key* as a
+discrete column (the paper treats SCH_ID as categorical). Unit keys are dropped. The generator and
+discriminator architecture and learning rates default to the paper's (two hidden layers of 256 units,
+learning rates 2e-4, batch 500, embedding 128); the number of epochs defaults to 30 so that HSB trains
+in a few minutes on two CPU cores. :meth:`CTGANGenerator.paper` gives the paper's 1600 epochs.
+The loss history is ``history_`` (epoch, generator_loss, discriminator_loss).
+
+How synthetic schools and their sizes are formed
+------------------------------------------------
+CTGAN knows nothing about schools, so we form them from the school-key column. For ``n_clusters``
+synthetic schools we draw real school labels *balanced*: every real label once per full cycle of
+``J_real`` schools (``n_clusters // J_real`` cycles) and the remaining ``n_clusters % J_real`` labels drawn
+without replacement. Synthetic school ``j`` with label ``l`` gets ``n_j`` students, the real size of school
+``l`` (so the synthetic size distribution is the real one; ``cluster_size=m`` fixes every size to ``m``),
+and its ``n_j`` rows are generated with CTGAN's conditional vector set to ``school = l``. The condition
+shapes the rows (CTGAN was trained with it) but is not a hard constraint: the generated school column
+is discarded and the cluster is the one we conditioned on. The school-level variables of the generated
+rows still vary within a synthetic school; alignment makes them constant:
+
+* ``alignment="clca"`` (default): :mod:`mlsimkit.clca` (quantile matching for numerical, eq. (4) with
+  CP-SAT for categorical school-level variables), against the real school-level distribution;
+* ``alignment="naive"``: the within-school mean (rounded for declared integers) or mode;
+* ``alignment="none"``: no post-processing: each school keeps the values of its first generated row.
+
+With ``n_clusters = J_real`` this is the paper's set-up (every real label appears once) except that the
+paper sampled ``N`` unconditioned rows and grouped them by the generated label; conditioning lets us
+generate any number of schools with a controlled size distribution. :meth:`CTGANGenerator.sample_raw`
+returns the unaligned rows, and :meth:`CTGANGenerator.sample_with_report` the alignment diagnostics.
+
+Randomness
+----------
+``random_state`` seeds training. ``sample(n, seed=s)`` draws labels and sizes from a numpy Generator
+and seeds torch's and numpy's global generators (used inside ``ctgan``) within a context that restores
+their previous state, so the same seed gives the same sample and the caller's global state is untouched.
+CP-SAT runs single-threaded under a deterministic time limit. Sampling runs the CTGAN generator in
+training mode on mixed batches of ``batch_size`` rows, as ``ctgan`` does (its batch-norm layers use
+batch statistics); the generator's weights and batch-norm buffers are restored after sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from .. import clca
+from ..data import MultilevelData
+from ..errors import MlsimkitError
+from ._assemble import assemble, codes_of, finish_numeric, two_level
+from .base import Generator, as_rng, torch_seed
+
+ALIGNMENTS = ("clca", "naive", "none")
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int):
+    """Seed torch's and numpy's global generators inside the block; restore their state afterwards."""
+    import torch
+
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+
+
+class CTGANGenerator(Generator):
+    """CTGAN on the join-as-one table + cluster-level consistency alignment (see the module docstring).
+
+    Parameters
+    ----------
+    epochs : int
+        Training epochs (paper: 1600; default 30 keeps HSB to minutes on 2 CPU cores).
+    batch_size : int
+        Rows per batch (a multiple of ``pac``; paper / ctgan default 500).
+    alignment : {"clca", "naive", "none"}
+        Post-processing of school-level variables.
+    cluster_size : int or None
+        None: each synthetic school has the real size of the school label it is conditioned on;
+        an int: every school has that many students.
+    weights : (w1, w2, w3)
+        Weights of eq. (4) (paper: all 1).
+    time_limit : float
+        CP-SAT deterministic time limit per categorical variable (about seconds).
+    embedding_dim, generator_dim, discriminator_dim, generator_lr, discriminator_lr, generator_decay,
+    discriminator_decay, discriminator_steps, pac, log_frequency :
+        Passed to ``ctgan.CTGAN``.
+    random_state : int
+        Seed of training.
+    verbose : bool
+        Show ctgan's progress bar.
+    """
+
+    name = "ctgan"
+
+    def __init__(
+        self,
+        epochs: int = 30,
+        batch_size: int = 500,
+        alignment: str = "clca",
+        *,
+        cluster_size: int | None = None,
+        weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        time_limit: float = 10.0,
+        embedding_dim: int = 128,
+        generator_dim: tuple[int, ...] = (256, 256),
+        discriminator_dim: tuple[int, ...] = (256, 256),
+        generator_lr: float = 2e-4,
+        discriminator_lr: float = 2e-4,
+        generator_decay: float = 1e-6,
+        discriminator_decay: float = 1e-6,
+        discriminator_steps: int = 1,
+        pac: int = 10,
+        log_frequency: bool = True,
+        random_state: int = 0,
+        verbose: bool = False,
+    ):
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.alignment = alignment
+        self.cluster_size = cluster_size
+        self.weights = tuple(weights)
+        self.time_limit = time_limit
+        self.embedding_dim = embedding_dim
+        self.generator_dim = tuple(generator_dim)
+        self.discriminator_dim = tuple(discriminator_dim)
+        self.generator_lr = generator_lr
+        self.discriminator_lr = discriminator_lr
+        self.generator_decay = generator_decay
+        self.discriminator_decay = discriminator_decay
+        self.discriminator_steps = discriminator_steps
+        self.pac = pac
+        self.log_frequency = log_frequency
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @classmethod
+    def paper(cls, **overrides) -> "CTGANGenerator":
+        """The paper's settings (section 4.2): 1600 epochs, everything else ctgan's defaults."""
+        return cls(**{"epochs": 1600, **overrides})
+
+    # ------------------------------------------------------------------ checks
+    def _check_settings(self) -> None:
+        if self.alignment not in ALIGNMENTS:
+            raise MlsimkitError(f"generator 'ctgan', parameter 'alignment': expected one of {ALIGNMENTS}, "
+                                f"got {self.alignment!r}")
+        for p in ("epochs", "batch_size", "pac"):
+            v = getattr(self, p)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise MlsimkitError(f"generator 'ctgan', parameter '{p}': expected a positive integer, got {v!r}")
+        if self.batch_size % self.pac or self.batch_size % 2:
+            raise MlsimkitError(f"generator 'ctgan', parameter 'batch_size': must be even and a multiple of "
+                                f"pac={self.pac}, got {self.batch_size}")
+        if self.cluster_size is not None and (isinstance(self.cluster_size, bool) or not isinstance(
+                self.cluster_size, (int, np.integer)) or self.cluster_size < 1):
+            raise MlsimkitError(f"generator 'ctgan', parameter 'cluster_size': expected None or a positive "
+                                f"integer, got {self.cluster_size!r}")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: MultilevelData) -> "CTGANGenerator":
+        """Train CTGAN on ``data``'s join-as-one table and store the real school-level targets of CLCA."""
+        from ctgan import CTGAN
+
+        self._check_settings()
+        schema = data.schema
+        lay = two_level(schema, self.name)
+        joined = data.join_as_one()
+        cols = [lay.key, *lay.child_vars, *lay.parent_vars]
+        train = pd.DataFrame(index=joined.index)
+        discrete = []
+        for c in cols:
+            kind = "id" if c == lay.key else schema.column(c).kind
+            if kind == "numerical":
+                train[c] = joined[c].astype(float)
+            else:
+                train[c] = joined[c].astype(str)
+                discrete.append(c)
+        model = CTGAN(
+            embedding_dim=self.embedding_dim, generator_dim=self.generator_dim,
+            discriminator_dim=self.discriminator_dim, generator_lr=self.generator_lr,
+            generator_decay=self.generator_decay, discriminator_lr=self.discriminator_lr,
+            discriminator_decay=self.discriminator_decay, batch_size=self.batch_size,
+            discriminator_steps=self.discriminator_steps, log_frequency=self.log_frequency,
+            verbose=self.verbose, epochs=self.epochs, pac=self.pac, enable_gpu=False,
+        )
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(), joblib.parallel_config(backend="threading"):
+            # threads, not ctgan's default process pool, for the data transform: cheaper on few cores
+            warnings.simplefilter("ignore")
+            model.set_random_state(int(self.random_state))
+            model.fit(train, discrete)
+        model.random_states = None  # sampling seeds the global generators itself
+        self.fit_time_ = time.perf_counter() - t0
+        lv = model.loss_values
+        self.history_ = pd.DataFrame({
+            "epoch": lv["Epoch"].astype(int).to_numpy(),
+            "generator_loss": lv["Generator Loss"].astype(float).to_numpy(),
+            "discriminator_loss": lv["Discriminator Loss"].astype(float).to_numpy(),
+        })
+        self.model_ = model
+        self.layout_ = lay
+        self.columns_ = cols
+        parent = data.parent
+        self.labels_ = parent[lay.key].astype(str).to_numpy()
+        sizes = data.cluster_sizes()
+        sizes.index = sizes.index.astype(str)
+        self.label_sizes_ = sizes.reindex(self.labels_).to_numpy(dtype=np.int64)
+        # real school-level targets of CLCA
+        self.real_parent_ = {}
+        for c in lay.parent_vars:
+            col = schema.column(c)
+            if col.kind == "numerical":
+                self.real_parent_[c] = parent[c].to_numpy(dtype=float)
+            else:
+                K = len(col.levels)
+                school_codes = codes_of(parent[c], col)
+                student_codes = codes_of(joined[c], col)
+                self.real_parent_[c] = {
+                    "p": np.bincount(student_codes, minlength=K) / len(student_codes),
+                    "m": np.bincount(school_codes, minlength=K).astype(float),
+                }
+        # position of each school label in CTGAN's conditional vector
+        tr, ds = model._transformer, model._data_sampler
+        self.cond_index_ = np.empty(len(self.labels_), dtype=np.int64)
+        for i, lab in enumerate(self.labels_):
+            info = tr.convert_column_name_value_to_id(lay.key, lab)
+            self.cond_index_[i] = ds._discrete_column_cond_st[info["discrete_column_id"]] + info["value_id"]
+        self.cond_dim_ = ds.dim_cond_vec()
+        self.schema_ = schema
+        return self
+
+    # ------------------------------------------------------------------ sampling
+    def _draw_clusters(self, n_clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        J = len(self.labels_)
+        idx = np.concatenate([np.tile(np.arange(J), n_clusters // J),
+                              rng.choice(J, n_clusters % J, replace=False)])
+        idx = rng.permutation(idx)
+        if self.cluster_size is None:
+            sizes = self.label_sizes_[idx]
+        else:
+            sizes = np.full(n_clusters, int(self.cluster_size), dtype=np.int64)
+        return idx, sizes
+
+    def _generate(self, label_idx_rows: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+        """CTGAN rows conditioned row by row on the given school labels (in the given order)."""
+        import torch
+
+        model = self.model_
+        n = label_idx_rows.size
+        bs = self.batch_size
+        n_pad = (-n) % bs
+        order = rng.permutation(n)  # mix conditions within batches, as in training
+        pad = rng.integers(0, len(self.labels_), n_pad)
+        cond_rows = np.concatenate([label_idx_rows[order], pad])
+        seed = torch_seed(rng)
+        gen = model._generator
+        saved = {k: v.clone() for k, v in gen.state_dict().items()}
+        out = np.empty((cond_rows.size, model._transformer.output_dimensions), dtype=np.float32)
+        try:
+            with seeded_global_rngs(seed), torch.no_grad():
+                gen.train()
+                for start in range(0, cond_rows.size, bs):
+                    rows = cond_rows[start:start + bs]
+                    c = torch.zeros(bs, self.cond_dim_)
+                    c[torch.arange(bs), torch.from_numpy(self.cond_index_[rows])] = 1.0
+                    z = torch.normal(mean=torch.zeros(bs, self.embedding_dim), std=1.0)
+                    fake = gen(torch.cat([z, c], dim=1))
+                    out[start:start + bs] = model._apply_activate(fake).numpy()
+                raw = model._transformer.inverse_transform(out[:n])
+        finally:
+            gen.load_state_dict(saved)
+        back = np.empty(n, dtype=np.int64)
+        back[order] = np.arange(n)
+        return raw.iloc[back].reset_index(drop=True)
+
+    def sample_raw(self, n_clusters: int, *, seed: Any) -> pd.DataFrame:
+        """Unaligned CTGAN rows: the join-as-one columns plus ``_cluster`` (0..n_clusters-1) and ``_label``
+        (the real school label conditioned on). School-level variables may vary within a cluster."""
+        self._check_fitted()
+        n_clusters = self._check_n_clusters(n_clusters)
+        rng = as_rng(seed)
+        idx, sizes = self._draw_clusters(n_clusters, rng)
+        rows_label = np.repeat(idx, sizes)
+        raw = self._generate(rows_label, rng)
+        raw = raw.drop(columns=[self.layout_.key])
+        raw["_cluster"] = np.repeat(np.arange(n_clusters), sizes)
+        raw["_label"] = self.labels_[rows_label]
+        return raw
+
+    def sample_with_report(self, n_clusters: int, *, seed: Any,
+                           alignment: str | None = None) -> tuple[MultilevelData, pd.DataFrame]:
+        """A sample and its alignment report: one row per school-level variable with the method, CP-SAT
+        status, fallback flag, objective, solve time and the share of synthetic schools whose generated
+        rows disagreed on the variable (before alignment)."""
+        alignment = self.alignment if alignment is None else alignment
+        if alignment not in ALIGNMENTS:
+            raise MlsimkitError(f"generator 'ctgan', parameter 'alignment': expected one of {ALIGNMENTS}, "
+                                f"got {alignment!r}")
+        raw = self.sample_raw(n_clusters, seed=seed)
+        return self.align(raw, alignment)
+
+    def align(self, raw: pd.DataFrame, alignment: str = "clca") -> tuple[MultilevelData, pd.DataFrame]:
+        """Apply an alignment to the rows of :meth:`sample_raw` and assemble the multilevel data."""
+        lay, schema = self.layout_, self.schema_
+        cluster = raw["_cluster"].to_numpy()
+        sizes = np.bincount(cluster)
+        J = sizes.size
+        first = np.r_[0, np.cumsum(sizes)[:-1]]
+        parent_vals, report = {}, []
+        for c in lay.parent_vars:
+            col = schema.column(c)
+            t0 = time.perf_counter()
+            rec = {"variable": c, "kind": col.kind, "alignment": alignment, "status": "", "fallback": False,
+                   "objective": np.nan}
+            if col.kind == "numerical":
+                v = raw[c].to_numpy(dtype=float)
+                rec["inconsistent_share"] = _share_varying(cluster, v, J)
+                if alignment == "clca":
+                    vals = clca.align_numerical(cluster, v, self.real_parent_[c])
+                elif alignment == "naive":
+                    vals = finish_numeric(clca.naive_numerical(cluster, v), col)
+                else:
+                    vals = finish_numeric(v[first], col)
+            else:
+                codes = codes_of(raw[c], col)
+                rec["inconsistent_share"] = _share_varying(cluster, codes.astype(float), J)
+                K = len(col.levels)
+                q, n = clca.within_cluster_proportions(cluster, codes, K)
+                if alignment == "clca":
+                    tgt = self.real_parent_[c]
+                    res = clca.align_categorical(q, n, tgt["p"], tgt["m"], weights=self.weights,
+                                                 time_limit=self.time_limit)
+                    vals = res.categories
+                    rec.update(status=res.status, fallback=res.fallback, objective=res.objective)
+                elif alignment == "naive":
+                    vals = clca.naive_categorical(q)
+                else:
+                    vals = codes[first]
+            rec["seconds"] = time.perf_counter() - t0
+            parent_vals[c] = vals
+            report.append(rec)
+        child_vals = {c: raw[c].to_numpy() for c in lay.child_vars}
+        data = assemble(schema, lay, parent_vals, child_vals, sizes)
+        return data, pd.DataFrame(report)
+
+    def sample(self, n_clusters: int, *, seed: Any) -> MultilevelData:
+        """``n_clusters`` synthetic schools (sizes as described in the module docstring), aligned."""
+        return self.sample_with_report(n_clusters, seed=seed)[0]
+
+
+def _share_varying(cluster: np.ndarray, values: np.ndarray, J: int) -> float:
+    """Share of clusters whose rows do not all carry the same value."""
+    lo = np.full(J, np.inf)
+    hi = np.full(J, -np.inf)
+    np.minimum.at(lo, cluster, values)
+    np.maximum.at(hi, cluster, values)
+    return float(np.mean(hi > lo))
