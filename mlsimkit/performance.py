@@ -46,6 +46,7 @@ MEASURES = ("bias", "rel_bias", "empse", "mse", "rmse", "modelse", "relerror", "
             "power", "pmse", "fail_rate", "mean_redraws")
 _STANDARD = {"condition", "rep", "method", "parameter", "estimate", "se", "ci_lower", "ci_upper", "pred_error",
              "status", "message", "warnings", "fit_time", "seed", "redraws", "redraw_log", "truth", "true_value"}
+_OUT = ("measure", "value", "mcse", "n_used", "n_usable", "n_reps")
 _STATUSES = ("ok", "warning", "non-converged", "singular", "error")
 
 
@@ -215,11 +216,11 @@ def _complete(res: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     full = units.merge(params, on=gm, how="inner")
     out = full.merge(rows, on=list(dict.fromkeys(gm + unit + ["parameter"])), how="left")
     if (~have_param).any():
-        mlevel = (res[~have_param].groupby(list(dict.fromkeys(gm + unit)), dropna=False)[["status", "message"]]
-                  .first().rename(columns={"status": "_mstatus", "message": "_mmessage"}).reset_index())
+        mlevel = (res[~have_param].groupby(list(dict.fromkeys(gm + unit)), dropna=False)["status"]
+                  .first().rename("_mstatus").reset_index())
         out = out.merge(mlevel, on=list(dict.fromkeys(gm + unit)), how="left")
         out["status"] = out["status"].fillna(out["_mstatus"])
-        out = out.drop(columns=["_mstatus", "_mmessage"])
+        out = out.drop(columns=["_mstatus"])
     out["status"] = out["status"].fillna("error")
     return out
 
@@ -255,8 +256,8 @@ def summarise(
 
     Returns
     -------
-    DataFrame with columns ``by..., method, parameter, measure, value, mcse, n, n_usable, n_reps``: ``n``
-    is the number of replications the measure was computed from, ``n_usable`` the usable replications of
+    DataFrame with columns ``by..., method, parameter, measure, value, mcse, n_used, n_usable, n_reps``:
+    ``n_used`` is the number of replications the measure was computed from, ``n_usable`` the usable replications of
     the group, ``n_reps`` all replications run.
     """
     if not isinstance(results, pd.DataFrame):
@@ -277,6 +278,9 @@ def summarise(
     bad = [b for b in by if b not in res]
     if bad:
         raise PerformanceError(f"by names column(s) {bad} that the results do not have")
+    clash = [b for b in by if b in ("method", "parameter", *_OUT)]
+    if clash:
+        raise PerformanceError(f"by column(s) {clash} clash with the summary's own columns; rename them")
     wanted = list(MEASURES) if measures is None else list(measures)
     unknown = [m for m in wanted if m not in MEASURES]
     if unknown:
@@ -301,7 +305,7 @@ def summarise(
 
         def add(measure, vm, n):
             if measure in wanted or measure.startswith("rate_") and "fail_rate" in wanted:
-                out.append({**base, "measure": measure, "value": vm[0], "mcse": vm[1], "n": int(n),
+                out.append({**base, "measure": measure, "value": vm[0], "mcse": vm[1], "n_used": int(n),
                             "n_usable": n_usable, "n_reps": n_reps})
 
         if n_usable:
@@ -340,14 +344,14 @@ def summarise(
             add(f"rate_{s}", proportion(g["status"].to_numpy() == s), n_reps)
         if "redraws" in g and (full["redraws"].fillna(0) > 0).any():
             add("mean_redraws", mean_with_mcse(g["redraws"].fillna(0).to_numpy(float)), n_reps)
-    cols = gcols + ["measure", "value", "mcse", "n", "n_usable", "n_reps"]
+    cols = gcols + ["measure", "value", "mcse", "n_used", "n_usable", "n_reps"]
     return pd.DataFrame(out, columns=cols)
 
 
 def to_wide(summary: pd.DataFrame, with_mcse: bool = True, digits: int | None = None) -> pd.DataFrame:
     """One row per (group, method, parameter), one column per measure (``value (mcse)`` strings if
     ``digits`` is given, else ``<measure>`` and ``<measure>_mcse`` numeric columns)."""
-    idx = [c for c in summary.columns if c not in ("measure", "value", "mcse", "n", "n_usable", "n_reps")]
+    idx = [c for c in summary.columns if c not in _OUT]
     if digits is not None:
         s = summary.assign(cell=[f"{v:.{digits}f} ({m:.{digits}f})" if with_mcse else f"{v:.{digits}f}"
                                  for v, m in zip(summary["value"], summary["mcse"])])
@@ -380,7 +384,7 @@ def plan_reps(
     if pilot is not None:
         p = pilot.copy()
         tgt = p["measure"].map(target_mcse) if isinstance(target_mcse, Mapping) else float(target_mcse)
-        need = np.ceil(p["n"] * (p["mcse"] / tgt) ** 2)
+        need = np.ceil(p["n_used"] * (p["mcse"] / tgt) ** 2)
         p["reps_needed"] = need.astype("Int64")
         return p
     if isinstance(target_mcse, Mapping) or not target_mcse or target_mcse <= 0:
