@@ -237,7 +237,7 @@ def fit_truth(real_data: MultilevelData, spec: RecoverySpec = HSB_RECOVERY, *, b
     from .lmm import lmm
 
     formula = truth_formula(spec, real_data.cluster_key)
-    res = lmm(formula, real_data, reml=spec.reml, backend=backend)
+    res = lmm(formula, real_data.join_as_one(), reml=spec.reml, backend=backend)
     coefs = res.fe_params.copy().astype(float)
     coefs.index = [INTERCEPT if str(i) in ("(Intercept)", "Intercept", "const") else str(i) for i in coefs.index]
     cov = res.cov_re

@@ -61,7 +61,7 @@ def boot(hsb):
 def test_fit_truth_reproduces_the_lmm_fit(hsb, truth):
     from mlsimkit.lmm import lmm
 
-    ref = lmm(D.truth_formula(D.HSB_RECOVERY), hsb, reml=True)
+    ref = lmm(D.truth_formula(D.HSB_RECOVERY), hsb.join_as_one(), reml=True)
     assert truth.formula == "MathAch ~ SES + Minority + Sex + Sector + PRACAD + DISCLIM + HIMINTY + (1 | School)"
     np.testing.assert_allclose(truth.coefficients.to_numpy(), ref.fe_params.to_numpy(), rtol=1e-10)
     assert truth.sigma2 == pytest.approx(float(ref.sigma2))

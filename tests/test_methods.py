@@ -144,7 +144,7 @@ def test_prior_and_multilevel_rules_match_lmm_predict():
     prior, multi = M.prior_rule(task, TRAD), M.multilevel_rule(task, TRAD)
     assert prior.status == "ok" == multi.status
     train, test = _train_test(task)
-    fit = lmm("Y ~ X + W + X:W + (1 + X | School)", train, reml=False)
+    fit = lmm("Y ~ X + W + X:W + (1 + X | School)", train.join_as_one(), reml=False)
     np.testing.assert_allclose(prior.pred, fit.predict(test, include_re=False), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(multi.pred, fit.predict(test, include_re=True), rtol=1e-5, atol=1e-6)
     # the two rules share one fit
@@ -172,7 +172,7 @@ def test_random_slope_singular_falls_back_to_random_intercept(monkeypatch):
     assert res.status == "warning" and "fell back to random intercept" in res.message and "singular" in res.message
     # the fallback predictions are those of the random-intercept model
     train, test = _train_test(task)
-    fit = lmm_mod.lmm("Y ~ X + W + X:W + (1 | School)", train, reml=False)
+    fit = lmm_mod.lmm("Y ~ X + W + X:W + (1 | School)", train.join_as_one(), reml=False)
     np.testing.assert_allclose(res.pred, fit.predict(test, include_re=True), rtol=1e-5, atol=1e-6)
     row = M.prediction_rows(M.prior_rule(task, TRAD))[0]
     assert row["status"] == "warning"
