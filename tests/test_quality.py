@@ -1,0 +1,172 @@
+"""Stage 3 quality metrics: hand-computed values on tiny tables, ceilings, shuffled schools, copies."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mlsimkit.datasets as ds
+from mlsimkit.quality import between, evaluate, label, privacy, shuffled_schools, within
+from mlsimkit.quality._common import resample_schools, split_halves
+from mlsimkit.quality.efficacy import RandomInterceptLM
+from mlsimkit.quality.report import fidelity_rows
+
+
+def cat(values, levels):
+    return pd.Series(pd.Categorical(values, categories=levels))
+
+
+@pytest.fixture(scope="module")
+def hsb():
+    return ds.load("hsb")
+
+
+# ------------------------------------------------------------------ hand values
+def test_ks_complement_by_hand():
+    # ECDFs of [1,2,3] and [2,3,4] differ by at most 1/3
+    assert within.ks_complement([1, 2, 3], [2, 3, 4]) == pytest.approx(2 / 3)
+    assert within.ks_complement([1, 2], [5, 6]) == 0.0
+
+
+def test_tv_complement_by_hand():
+    r = cat(list("aab"), list("abc"))
+    s = cat(list("abcc"), list("abc"))
+    # p = (2/3, 1/3, 0), q = (1/4, 1/4, 1/2): TVD = (5/12 + 1/12 + 1/2) / 2 = 1/2
+    assert within.tv_complement(r, s) == pytest.approx(0.5)
+
+
+def test_correlation_similarity_by_hand():
+    x = np.array([1, 2, 3, 4.0])
+    assert within.correlation_similarity(x, x, x, -x) == pytest.approx(0.0)  # r = 1 vs -1
+    assert within.correlation_similarity(x, x, x, x) == pytest.approx(1.0)
+
+
+def test_contingency_similarity_binned_open_outer_bins():
+    real = pd.DataFrame({"x": [0.0, 10.0], "c": cat(list("ab"), list("ab"))})
+    # synthetic x far outside the real range falls into the open outer bins
+    syn = pd.DataFrame({"x": [-100.0, 1000.0], "c": cat(list("ab"), list("ab"))})
+    kinds = {"x": "numerical", "c": "binary"}
+    assert within.contingency_similarity(real, syn, "x", "c", kinds) == pytest.approx(1.0)
+    syn2 = pd.DataFrame({"x": [-100.0, 1000.0], "c": cat(list("ba"), list("ab"))})
+    assert within.contingency_similarity(real, syn2, "x", "c", kinds) == pytest.approx(0.0)
+
+
+def test_eta_squared_by_hand():
+    y = np.array([1, 2, 3, 4, 5, 6.0])
+    g = np.array([0, 0, 0, 1, 1, 1])
+    # SSB = 13.5, SST = 17.5
+    assert within.eta_squared(y, g) == pytest.approx(13.5 / 17.5)
+    sim = within.eta_squared_similarity(y, cat([0, 0, 0, 1, 1, 1], [0, 1]), y, cat([0, 1, 0, 1, 0, 1], [0, 1]))
+    eta_s = within.eta_squared(y, np.array([0, 1, 0, 1, 0, 1]))
+    assert sim == pytest.approx(1 - abs(eta_s - 13.5 / 17.5))
+
+
+def test_mutual_information_and_mi_similarity_by_hand():
+    a = np.array([0, 0, 1, 1])
+    assert within.mutual_information(a, a, 2, 2) == pytest.approx(np.log(2))
+    assert within.mutual_information(a, np.array([0, 1, 0, 1]), 2, 2) == pytest.approx(0.0)
+    # three binary columns: in real only (a, b) dependent; in synthetic only (a, c) -> normalised
+    # matrices put 1/2 on (a,b),(b,a) vs (a,c),(c,a): TVD = 1, similarity 0
+    lv = [0, 1]
+    real = pd.DataFrame({"a": cat([0, 0, 1, 1], lv), "b": cat([0, 0, 1, 1], lv), "c": cat([0, 1, 0, 1], lv)})
+    syn = pd.DataFrame({"a": cat([0, 0, 1, 1], lv), "b": cat([0, 1, 0, 1], lv), "c": cat([0, 0, 1, 1], lv)})
+    kinds = dict.fromkeys("abc", "binary")
+    assert within.mi_similarity(real, syn, kinds) == pytest.approx(0.0)
+    assert within.mi_similarity(real, real, kinds) == pytest.approx(1.0)
+
+
+def test_icc_and_reliability_similarity_by_hand():
+    assert between.icc_similarity(0.125, 0.216) == pytest.approx(1 - abs(0.5 - 0.6))
+    assert between.icc_similarity(-0.1, 0.0) == 1.0
+    assert between.reliability_similarity(0.7, 0.9) == pytest.approx(0.8)
+
+
+def test_referential_integrity_and_cardinality(hsb):
+    sub = hsb.subset(hsb["schools"].School[:10])
+    assert between.referential_integrity(sub, "students") == 1.0
+    broken = sub.child.copy()
+    broken.loc[:9, "School"] = "nowhere"
+    bad = type(sub)(sub.schema, {"schools": sub.parent, "students": broken}, validate=False)
+    assert between.referential_integrity(bad, "students") == pytest.approx(1 - 10 / len(broken))
+    assert between.cardinality_shape_similarity(sub, sub, "students") == 1.0
+
+
+def test_label_table1():
+    assert [label(v) for v in (0.95, 0.85, 0.7, 0.3)] == ["Excellent", "Good", "Fair", "Poor"]
+
+
+# ------------------------------------------------------------------ ceilings and broken data
+def test_real_against_itself_at_ceiling(hsb):
+    rows = pd.DataFrame(fidelity_rows(hsb, hsb))
+    assert np.allclose(rows.value, 1.0)
+    p = pd.DataFrame(privacy.privacy_rows(hsb, hsb)).set_index(["metric", "level"]).value
+    assert p["DCR (median)", "students"] == 0.0
+
+
+def test_shuffled_schools_keep_marginals_but_lose_clustering(hsb):
+    sh = shuffled_schools(hsb, seed=1)
+    rows = pd.DataFrame(fidelity_rows(hsb, sh))
+    w = rows[rows.domain == "within-table"]
+    assert np.allclose(w.value, 1.0)  # every within-table score at the ceiling
+    icc = rows[rows.metric == "ICC similarity"].set_index("variables").value
+    rel = rows[rows.metric == "reliability similarity"].set_index("variables").value
+    a, b = split_halves(hsb, np.random.default_rng(0))
+    ref = pd.DataFrame(fidelity_rows(a, b))
+    ref_icc = ref[ref.metric == "ICC similarity"].value
+    assert icc.mean() < 0.5 < 0.85 < ref_icc.mean()
+    assert rel.max() < 0.5
+    assert ref[ref.metric == "reliability similarity"].value.min() > 0.9
+
+
+def test_copies_detected_at_both_levels(hsb):
+    p = pd.DataFrame(privacy.privacy_rows(hsb, hsb)).set_index(["metric", "level"]).value
+    assert p["new rows", "students"] == 0.0 and p["new rows", "schools"] == 0.0
+    assert p["new whole clusters", "schools"] == 0.0
+    # a bootstrap of schools is made of whole-school copies under new ids
+    boot = resample_schools(hsb, np.random.default_rng(0))
+    assert privacy.new_cluster_share(hsb, boot) == 0.0
+    # half the schools copied, the other half new (shuffled students)
+    a, b = split_halves(hsb, np.random.default_rng(1))
+    mixed = type(hsb)(hsb.schema, {t: pd.concat([a[t], shuffled_schools(b, 2)[t]], ignore_index=True) for t in hsb.levels},
+                      validate=False)
+    share = privacy.new_cluster_share(hsb, mixed)
+    assert share == pytest.approx(b.n_clusters / mixed.n_clusters, abs=0.02)
+    a2, b2 = split_halves(hsb, np.random.default_rng(3))
+    assert privacy.new_cluster_share(a2, b2) == 1.0
+    assert privacy.new_row_share(a2["students"], b2["students"], ["Minority", "Sex", "SES", "MathAch"]) > 0.99
+
+
+# ------------------------------------------------------------------ ML efficacy engine
+def test_random_intercept_lm_matches_statsmodels():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(5)
+    J, n = 40, 15
+    g = np.repeat(np.arange(J), n)
+    X = rng.normal(size=(J * n, 2))
+    y = 1 + X @ [0.5, -0.3] + rng.normal(0, 0.7, J)[g] + rng.normal(size=J * n)
+    ours = RandomInterceptLM().fit(X, y, g)
+    sm_fit = sm.MixedLM(y, sm.add_constant(X), groups=g).fit(reml=True)
+    assert np.allclose(ours.coef_, sm_fit.fe_params, atol=1e-4)
+    assert ours.tau2_ == pytest.approx(float(np.asarray(sm_fit.cov_re).ravel()[0]), rel=1e-3)
+    assert ours.sigma2_ == pytest.approx(sm_fit.scale, rel=1e-3)
+
+
+# ------------------------------------------------------------------ the entry point
+def test_evaluate_end_to_end(hsb, tmp_path):
+    small = hsb.subset(hsb["schools"].School[:40])
+    syn = {"bootstrap": [resample_schools(small, np.random.default_rng(i)) for i in range(2)],
+           "shuffled schools": [shuffled_schools(small, 1)]}
+    rep = evaluate(small, syn, reference_splits=2, bootstrap=2, efficacy="fast", targets=["MathAch", "Sector"], seed=3)
+    t = rep.table
+    for col in ("dataset", "metric", "domain", "level", "variables", "value", "reference", "lo", "hi"):
+        assert col in t.columns
+    assert set(t.dataset) == {"bootstrap", "shuffled schools", "real vs real"}
+    eff = t[(t.domain == "ML efficacy") & (t.dataset == "bootstrap")]
+    assert set(eff.variables) == {"MathAch", "Sector"} and set(eff.subdomain) == {"tree", "mixed"}
+    s = rep.summary()
+    between_avg = s[(s.item == "between-table fidelity")].set_index("dataset").value
+    assert between_avg["shuffled schools"] < between_avg["bootstrap"]
+    assert {"label", "reference", "reference label"} <= set(s.columns)
+    out = rep.to_html(tmp_path / "q.html")
+    text = out.read_text()
+    assert "data:image/png;base64" in text and "ICC similarity" in text
