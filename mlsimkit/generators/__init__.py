@@ -1,5 +1,56 @@
-"""Stage 2: generators of synthetic multilevel data, all following :class:`Generator`'s protocol."""
+"""Stage 2: generators of synthetic multilevel data, all following :class:`Generator`'s protocol.
+
+=====================  ==============================================================================
+name                   class
+=====================  ==============================================================================
+``"clavaddpm"``        :class:`ClavaDDPMGenerator`: multi-table diffusion with variable decomposition
+``"ctgan"``            :class:`CTGANGenerator`: CTGAN on the join-as-one table + CLCA alignment
+``"parametric"``       :class:`ParametricGenerator`: multilevel normal / logistic model (traditional)
+``"bootstrap"``        :class:`SchoolBootstrap`: resampled real schools (semi-synthetic reference)
+=====================  ==============================================================================
+
+:func:`make` builds one by name (``make("ctgan", epochs=300)``); :class:`SchoolPool` wraps any of them to
+draw replications from a large pre-generated pool of synthetic schools.
+"""
 
 from .base import FORMAT_VERSION, Generator, as_rng, load, make_ids
+from .bootstrap import SchoolBootstrap
+from .ctgan_clca import CTGANGenerator
+from .parametric import ParametricGenerator
+from .pool import SchoolPool
 
-__all__ = ["Generator", "load", "as_rng", "make_ids", "FORMAT_VERSION"]
+try:  # written by another module owner; the package imports without it
+    from .diffusion import ClavaDDPMGenerator
+except ModuleNotFoundError as exc:  # pragma: no cover - only while diffusion.py is absent
+    if exc.name != f"{__name__}.diffusion":
+        raise
+    ClavaDDPMGenerator = None
+
+from ..errors import MlsimkitError
+
+_REGISTRY = {
+    "clavaddpm": lambda: ClavaDDPMGenerator,
+    "ctgan": lambda: CTGANGenerator,
+    "parametric": lambda: ParametricGenerator,
+    "bootstrap": lambda: SchoolBootstrap,
+}
+NAMES = tuple(_REGISTRY)
+
+
+def make(name: str, **settings) -> Generator:
+    """A generator by name with constructor settings, e.g. ``make("parametric", cluster_size=20)``."""
+    if name not in _REGISTRY:
+        raise MlsimkitError(f"generator name {name!r} is not known; expected one of {list(NAMES)}")
+    cls = _REGISTRY[name]()
+    if cls is None:
+        raise MlsimkitError(f"generator {name!r} is not available in this installation (module missing)")
+    try:
+        return cls(**settings)
+    except TypeError as exc:
+        raise MlsimkitError(f"generator {name!r}: bad settings {sorted(settings)} ({exc})") from None
+
+
+__all__ = [
+    "Generator", "load", "as_rng", "make_ids", "FORMAT_VERSION", "make", "NAMES",
+    "ClavaDDPMGenerator", "CTGANGenerator", "ParametricGenerator", "SchoolBootstrap", "SchoolPool",
+]
