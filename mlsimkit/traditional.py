@@ -12,18 +12,20 @@ is vectorised numpy: 500 schools take a few milliseconds.
     ``tau01 = r tau00`` (so ``r`` is the intercept-slope correlation); ``e_ij ~ N(0, sigma2)``; balanced
     schools of ``n_per_school`` students (25 in the baseline that Suk et al. replicate).
 
-    The ICC is the *intercept-only* definition the design uses (residual variance shares, ignoring the
-    variance that ``W`` and ``X`` explain and the slope variance): ``ICC = tau00 / (tau00 + sigma2)``, the correlation of two students' outcomes in the same
-    school at ``X = 0`` given ``W``. Hence ``tau00 = ICC sigma2 / (1 - ICC)``; the baseline ICC 0.2 gives
-    ``tau00 = sigma2 / 4``.
+    The ICC is the *intercept-only* definition the design uses: ``ICC = tau00 / (tau00 + sigma2)``, the
+    share of the residual variance at ``X = 0`` that lies between schools (it ignores the variance that
+    ``W`` and ``X`` explain and the slope variance). Hence ``tau00 = ICC sigma2 / (1 - ICC)``; the baseline
+    ICC 0.2 gives ``tau00 = sigma2 / 4``.
 
     ``sigma2``: the JEBS paper states ``sigma2 = 0.5``; the companion paper (Afshartous & de Leeuw 2005,
     Communications in Statistics - Simulation and Computation 34, "Decomposition of prediction error in
     multilevel models") uses 0.25 for the same design. Both are supported; the **default is 0.5**, the value
     of the paper Suk et al. cite and replicate. With the ICC fixed, ``sigma2`` sets the size of every random
-    part relative to the fixed part (the ``g`` stay 1): all PMSEs scale roughly with ``sigma2`` and the
-    ranking of the rules does not change. ``r`` defaults to 0.25 (a moderate positive intercept-slope correlation; 0 gives independent
-    effects).
+    part relative to the fixed part (the ``g`` stay 1). Since the outcome is then ``fixed part +
+    sqrt(sigma2) x (a draw that does not depend on sigma2)`` and all three rules are equivariant under
+    ``y -> a y + X b`` (OLS and ML/REML alike), every PMSE scales exactly with ``sigma2`` in distribution:
+    ratios of PMSEs and the ranking of the rules are the same under 0.5 and 0.25. ``r`` defaults to 0.25 (a moderate positive intercept-slope
+    correlation; 0 gives independent effects).
 
 :class:`HuangOmittedVariable` — Demonstration 2 (Huang 2018, as described in Suk et al. section 5.4)
     Two school predictors ``(W1_j, W2_j)`` bivariate normal with correlation ``rho_w``; ``W2`` is the one the

@@ -166,6 +166,22 @@ def test_igm_removes_student_level_bias_in_the_huang_design():
     assert ols.mean() - 5.0 > 10 * ols.std(ddof=1) / np.sqrt(reps)
 
 
+def test_multilevel_rule_beats_the_prior_rule_in_the_afshartous_design():
+    """Statistical check: with ICC 0.2 and 25 per school the prior rule ignores the school effects and
+    loses; the multilevel rule is at least as good as OLSFE (Afshartous & de Leeuw 2005, table 3)."""
+    methods = D.analyse_prediction_methods("traditional")
+    diff_prior, diff_ols = [], []
+    for r in range(20):
+        task = D.generate_traditional_prediction({"n_schools": 50}, np.random.default_rng([4, r]))
+        p = {m: f({}, task, None)[0]["estimate"] for m, f in methods.items()}
+        diff_prior.append(p["Prior"] - p["Multilevel"])
+        diff_ols.append(p["OLSFE"] - p["Multilevel"])
+    d = np.array(diff_prior)
+    assert d.mean() > 3 * d.std(ddof=1) / np.sqrt(d.size)
+    o = np.array(diff_ols)
+    assert o.mean() > -3 * o.std(ddof=1) / np.sqrt(o.size)
+
+
 # ----------------------------------------------------------------- through the simulation engine
 def test_simulate_run_with_the_traditional_designs():
     from mlsimkit import simulate
@@ -179,3 +195,14 @@ def test_simulate_run_with_the_traditional_designs():
                         reps=2, seed=1, progress=False)
     assert set(res2.parameter) == {"X", "W1"} and len(res2) == 5 * 2 * 2
     assert res2.status.isin(["ok", "singular", "warning"]).all()
+
+
+def test_afshartous_pmse_scales_exactly_with_sigma2():
+    """The two sigma2 conventions (0.5 JEBS text, 0.25 companion paper) differ only by scale: with the same
+    random stream every rule's PMSE halves (the rules are equivariant under y -> a y + X b)."""
+    methods = D.analyse_prediction_methods("traditional")
+    out = {}
+    for s2 in (0.5, 0.25):
+        task = D.generate_traditional_prediction({"n_schools": 30, "sigma2": s2}, np.random.default_rng(3))
+        out[s2] = np.array([f({}, task, None)[0]["estimate"] for f in methods.values()])
+    np.testing.assert_allclose(out[0.25], out[0.5] / 2, rtol=1e-4)
