@@ -54,7 +54,6 @@ is vectorised numpy: 500 schools take a few milliseconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
