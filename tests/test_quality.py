@@ -153,10 +153,11 @@ def test_random_intercept_lm_matches_statsmodels():
 
 # ------------------------------------------------------------------ the entry point
 def test_evaluate_end_to_end(hsb, tmp_path):
-    small = hsb.subset(hsb["schools"].School[:40])
+    small = hsb.subset(hsb["schools"].School[:24])
     syn = {"bootstrap": [resample_schools(small, np.random.default_rng(i)) for i in range(2)],
            "shuffled schools": [shuffled_schools(small, 1)]}
-    rep = evaluate(small, syn, reference_splits=2, bootstrap=2, efficacy="fast", targets=["MathAch", "Sector"], seed=3)
+    rep = evaluate(small, syn, reference_splits=2, bootstrap=2, efficacy="fast", targets=["MathAch", "Sector"], seed=3,
+                   efficacy_reference_splits=1, efficacy_engine="builtin")
     t = rep.table
     for col in ("dataset", "metric", "domain", "level", "variables", "value", "reference", "lo", "hi"):
         assert col in t.columns
@@ -170,3 +171,16 @@ def test_evaluate_end_to_end(hsb, tmp_path):
     out = rep.to_html(tmp_path / "q.html")
     text = out.read_text()
     assert "data:image/png;base64" in text and "ICC similarity" in text
+
+
+def test_lmm_adapter_agrees_with_builtin():
+    pytest.importorskip("mlsimkit.lmm")
+    from mlsimkit.quality.efficacy import _LmmAdapter
+
+    rng = np.random.default_rng(2)
+    g = np.repeat(np.arange(30), 10)
+    X = rng.normal(size=(300, 2))
+    y = X @ [1.0, 0.5] + rng.normal(size=30)[g] + rng.normal(size=300)
+    a = _LmmAdapter().fit(X, y, g).predict(X[:5])
+    b = RandomInterceptLM().fit(X, y, g).predict(X[:5])
+    assert np.allclose(a, b, atol=1e-3)

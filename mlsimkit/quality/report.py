@@ -290,7 +290,7 @@ def _as_dict(synthetic) -> dict[str, list[MultilevelData]]:
 def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5, bootstrap: int = 0,
              efficacy: bool | str = "fast", efficacy_reference_splits: int | None = None, privacy: bool = True,
              seed001: bool = True, holdout: MultilevelData | None = None, targets=None, seed: int = 0,
-             progress: bool = False) -> QualityReport:
+             efficacy_engine: str | None = None) -> QualityReport:
     """Evaluate synthetic multilevel data against the real data (Stage 3).
 
     Parameters
@@ -306,6 +306,8 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
     privacy, seed001 : compute those domains.
     holdout : real data *not* used to train the generator (for the DCR share closer to training).
     targets : restrict ML efficacy to these variables.
+    efficacy_engine : mixed-model engine, ``"mlsimkit.lmm"`` or ``"builtin"`` (closed-form random-intercept
+        REML); default: ``mlsimkit.lmm`` when importable.
     seed : root seed; every split and draw gets its own child seed.
     """
     if not isinstance(real, MultilevelData):
@@ -336,7 +338,7 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
             for name, lst in syn.items():
                 for i, s in enumerate(lst):
                     r = efficacy_rows(real, s, mode="full" if efficacy is True else efficacy, seed=seed, _cache=cache,
-                                      targets=targets)
+                                      targets=targets, engine=efficacy_engine)
                     rows += [dict(x, dataset=name, replicate=i) for x in r]
         timings["synthetic efficacy"] = time.perf_counter() - t0
         # real-vs-real reference
@@ -348,7 +350,8 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
             r = score_pair(a, b, privacy=privacy, seed001=seed001, seed=seed + j)
             if efficacy and j < eff_ref:
                 te = time.perf_counter()
-                r += efficacy_rows(a, b, mode="full" if efficacy is True else efficacy, seed=seed, targets=targets)
+                r += efficacy_rows(a, b, mode="full" if efficacy is True else efficacy, seed=seed, targets=targets,
+                                   engine=efficacy_engine)
                 t_eff += time.perf_counter() - te
             ref_rows += [dict(x, dataset=REFERENCE, replicate=j) for x in r]
         timings["reference (no efficacy)"] = time.perf_counter() - t0 - t_eff
