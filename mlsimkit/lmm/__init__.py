@@ -1,0 +1,28 @@
+"""A fast one-factor linear mixed model engine (random intercepts and slopes, REML and ML).
+
+>>> from mlsimkit.lmm import lmm
+>>> res = lmm("MathAch ~ SES + Sector + (1 + SES | School)", data=df)     # doctest: +SKIP
+
+Entry points
+    :func:`lmm` (formula + DataFrame), :func:`fit_lmm` (numpy arrays), :func:`fit_many` (the same
+    formula on many data sets), :class:`LMMDesign` (refit a prepared design with a new response).
+    ``backend="statsmodels"`` fits with statsmodels MixedLM and returns the same result type.
+
+Method
+    Profiled REML/ML criterion from per-group sufficient statistics (Bates et al. 2015),
+    analytic gradient, Brent (random intercept) or L-BFGS-B (random slopes) over the relative
+    Cholesky factor theta, with an explicit boundary check.  Satterthwaite df as lmerTest.
+    See ``_core`` and ``_model`` for the formulas and ``benchmarks/statsmodels_vs_lme4.md`` for
+    validation against lme4.
+"""
+
+from ._core import SuffStats, evaluate, gradient
+from ._formula import parse_formula
+from ._model import LMMDesign, LMMResult, fit_lmm, fit_many, lmm, satterthwaite_df
+from .errors import LMMDataError, LMMError, LMMFormulaError, LMMIdentificationError
+
+__all__ = [
+    "lmm", "fit_lmm", "fit_many", "LMMDesign", "LMMResult", "parse_formula", "satterthwaite_df",
+    "SuffStats", "evaluate", "gradient",
+    "LMMError", "LMMDataError", "LMMFormulaError", "LMMIdentificationError",
+]

@@ -1,0 +1,570 @@
+"""Numerical core: profiled REML/ML deviance of a one-factor linear mixed model from per-group
+sufficient statistics, its analytic gradient, and the optimiser.
+
+Model (Bates, Mächler, Bolker & Walker 2015, "Fitting linear mixed-effects models using lme4",
+J. Stat. Softw. 67(1), sections 3.1-3.4)::
+
+    y = X beta + Z b + e,   b_j ~ N(0, sigma^2 Lambda Lambda'),  e ~ N(0, sigma^2 I)
+
+with one grouping factor (m groups, q random effects per group) and Lambda a q x q lower
+triangular *relative* Cholesky factor whose lower triangle, read column by column, is ``theta``
+(lme4's order).  Because the random-effects model matrix is block diagonal, every quantity of the
+penalised least squares problem of section 3 of the paper reduces to per-group q x q and q x p
+blocks:
+
+    M_j   = Lambda' Z_j'Z_j Lambda + I = L_j L_j'           (the blocks of L_theta)
+    R_ZXj = L_j^{-1} Lambda' Z_j'X_j,   c_uj = L_j^{-1} Lambda' Z_j'y_j
+    R_X'R_X = X'X - sum_j R_ZXj' R_ZXj                      (A below)
+    beta    = A^{-1} (X'y - sum_j R_ZXj' c_uj)
+    r^2     = y'y - sum_j |c_uj|^2 - |c_beta|^2            (penalised RSS at the optimum)
+
+    ML deviance   = log|L|^2 + n (1 + log(2 pi r^2 / n))                      (paper eq. 34)
+    REML criterion= log|L|^2 + log|R_X|^2 + (n-p)(1 + log(2 pi r^2/(n-p)))   (paper eq. 41)
+
+Only the sufficient statistics X'X, X'y, y'y and per group Z_j'Z_j, Z_j'X_j, Z_j'y_j are kept, so
+one evaluation costs O(m q^3 + m q p + p^3) whatever n is.
+
+The gradient with respect to Lambda is analytic (derived here, checked against finite differences
+in the tests): with S_j = Z_j'Z_j, P_j = M_j^{-1} Lambda', K_j = I - S_j Lambda P_j,
+W_j = Lambda M_j^{-1} Lambda' and B_j = Z_j'X_j A^{-1} X_j'Z_j,
+
+    d log|M|   / d Lambda = sum_j 2 S_j Lambda M_j^{-1}
+    d log|A|   / d Lambda = -2 sum_j K_j B_j P_j'             (A = X'X - sum Z_j'X_j' W_j Z_j'X_j)
+    d r^2      / d Lambda = -2 sum_j (Z_j' r_j) u_j'          (envelope theorem; b_j = Lambda u_j)
+
+where Z_j' r_j = Z_j'y_j - Z_j'X_j beta - S_j b_j comes from the sufficient statistics too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import optimize
+from scipy.linalg import cho_solve, solve_triangular
+
+LOG2PI = math.log(2.0 * math.pi)
+
+
+class NotPositiveDefinite(ArithmeticError):
+    """R_X'R_X lost positive definiteness (collinear fixed effects at this theta)."""
+
+
+# --------------------------------------------------------------------------------------------
+# sufficient statistics
+# --------------------------------------------------------------------------------------------
+class SuffStats:
+    """Per-group sufficient statistics of (y, X, Z) for one grouping factor.
+
+    ``codes`` are integer group codes 0..m-1.  Built once per data set; every deviance evaluation
+    afterwards touches only these arrays.
+    """
+
+    __slots__ = ("n", "p", "q", "m", "nj", "XtX", "Xty", "yty", "ZtZ", "ZtX", "Zty", "tril", "_ri", "_t")
+
+    def __init__(self, y, X, Z, codes, m):
+        y = np.asarray(y, dtype=float)
+        X = np.asarray(X, dtype=float)
+        Z = np.asarray(Z, dtype=float)
+        codes = np.asarray(codes)
+        n, p = X.shape
+        q = Z.shape[1]
+        self.n, self.p, self.q, self.m = n, p, q, m
+        if n > 1 and np.any(codes[1:] < codes[:-1]):
+            order = np.argsort(codes, kind="stable")
+            y, X, Z, codes = y[order], X[order], Z[order], codes[order]
+        nj = np.bincount(codes, minlength=m)
+        self.nj = nj
+        starts = np.concatenate(([0], np.cumsum(nj)[:-1]))
+        # one reduceat over the row-wise products [Z (x) Z, Z (x) X, Z y]
+        rows = np.concatenate(
+            [
+                (Z[:, :, None] * Z[:, None, :]).reshape(n, q * q),
+                (Z[:, :, None] * X[:, None, :]).reshape(n, q * p),
+                Z * y[:, None],
+            ],
+            axis=1,
+        )
+        sums = np.add.reduceat(rows, starts, axis=0)
+        self.ZtZ = sums[:, : q * q].reshape(m, q, q)
+        self.ZtX = sums[:, q * q : q * q + q * p].reshape(m, q, p)
+        self.Zty = sums[:, q * q + q * p :]
+        self.XtX = X.T @ X
+        self.Xty = X.T @ y
+        self.yty = float(y @ y)
+        self.tril = tril_index(q)
+        self._ri = None
+        self._t = None
+
+    def with_response(self, Xty, yty, Zty):
+        """A copy sharing the design statistics, with new response statistics (cheap refit)."""
+        new = SuffStats.__new__(SuffStats)
+        for s in SuffStats.__slots__:
+            setattr(new, s, getattr(self, s))
+        new.Xty, new.yty, new.Zty = np.asarray(Xty, float), float(yty), np.asarray(Zty, float)
+        new._ri = None
+        new._t = None
+        return new
+
+    def t(self):
+        """Group-last layouts (q,q,m), (q,p,m), (q,m): each matrix entry a contiguous vector."""
+        if self._t is None:
+            self._t = (
+                np.ascontiguousarray(self.ZtZ.transpose(1, 2, 0)),
+                np.ascontiguousarray(self.ZtX.transpose(1, 2, 0)),
+                np.ascontiguousarray(self.Zty.T),
+            )
+        return self._t
+
+    def ri(self):
+        """Flattened statistics for the vectorised random-intercept criterion (q == 1)."""
+        if self._ri is None:
+            S = self.ZtZ[:, 0, 0]
+            ZX = self.ZtX[:, 0, :]
+            zy = self.Zty[:, 0]
+            m, p = ZX.shape
+            self._ri = (
+                S,
+                (ZX[:, :, None] * ZX[:, None, :]).reshape(m, p * p),
+                ZX * zy[:, None],
+                zy * zy,
+            )
+        return self._ri
+
+
+def tril_index(q):
+    """Row and column indices of the lower triangle read column by column (lme4's theta order)."""
+    r, c = np.tril_indices(q)
+    order = np.lexsort((r, c))
+    return r[order], c[order]
+
+
+def theta_lower_bounds(q):
+    r, c = tril_index(q)
+    return np.where(r == c, 0.0, -np.inf)
+
+
+def lambda_of(theta, q, tril=None):
+    r, c = tril if tril is not None else tril_index(q)
+    L = np.zeros((q, q))
+    L[r, c] = theta
+    return L
+
+
+# --------------------------------------------------------------------------------------------
+# small batched linear algebra, group-last layout: a stack of q x q matrices is (q, q, m), so
+# that each entry is a contiguous vector over groups; loops run over the tiny q only
+# --------------------------------------------------------------------------------------------
+def _chol_t(M):
+    """Lower Cholesky factors of SPD stacks (q, q, m)."""
+    q = M.shape[0]
+    L = np.zeros_like(M)
+    for j in range(q):
+        s = M[j, j] - (L[j, :j] * L[j, :j]).sum(axis=0) if j else M[j, j]
+        d = np.sqrt(s)
+        L[j, j] = d
+        for i in range(j + 1, q):
+            t = M[i, j] - (L[i, :j] * L[j, :j]).sum(axis=0) if j else M[i, j]
+            L[i, j] = t / d
+    return L
+
+
+def _fwd_t(L, B):
+    """Solve L X = B for lower-triangular stacks L (q,q,m) and B (q,k,m)."""
+    q = L.shape[0]
+    X = np.empty_like(B)
+    for i in range(q):
+        acc = B[i]
+        for k in range(i):
+            acc = acc - L[i, k] * X[k]
+        X[i] = acc / L[i, i]
+    return X
+
+
+def _bwd_t(L, B):
+    """Solve L' X = B for lower-triangular stacks L (q,q,m) and B (q,k,m)."""
+    q = L.shape[0]
+    X = np.empty_like(B)
+    for i in range(q - 1, -1, -1):
+        acc = B[i]
+        for k in range(i + 1, q):
+            acc = acc - L[k, i] * X[k]
+        X[i] = acc / L[i, i]
+    return X
+
+
+def _mm(A, B):
+    """Entry-wise stacked matrix product (a,b,m) x (b,c,m) -> (a,c,m)."""
+    return np.einsum("abm,bcm->acm", A, B)
+
+
+# --------------------------------------------------------------------------------------------
+# the profiled deviance and everything derived from it
+# --------------------------------------------------------------------------------------------
+class Eval:
+    """All pieces of one evaluation at theta (kept for the gradient, BLUPs and inference).
+
+    Layouts: Lc (q,q,m) Cholesky blocks of M_j, RZX (q,p,m), cu (q,m), u (q,m).
+    """
+
+    __slots__ = (
+        "theta", "Lam", "Lc", "RZX", "cu", "A", "RX", "beta", "r2", "logdetM", "logdetA",
+        "dev", "u", "_Ainv", "_Minv",
+    )
+
+    @property
+    def Ainv(self):
+        if self._Ainv is None:
+            self._Ainv = cho_solve((self.RX, True), np.eye(self.RX.shape[0]))
+        return self._Ainv
+
+    def Minv(self):
+        """M_j^{-1} = L_j'^{-1} L_j^{-1}, stacked (q,q,m)."""
+        if self._Minv is None:
+            q, _, m = self.Lc.shape
+            if q == 1:
+                self._Minv = 1.0 / (self.Lc * self.Lc)
+            else:
+                I = np.zeros((q, q, m))
+                I[np.arange(q), np.arange(q)] = 1.0
+                Linv = _fwd_t(self.Lc, I)
+                self._Minv = np.einsum("kam,kbm->abm", Linv, Linv)
+        return self._Minv
+
+
+def evaluate(theta, ss: SuffStats, reml: bool) -> Eval:
+    """Profiled deviance (ML) or REML criterion at theta, with the pieces behind it."""
+    q, p, n, m = ss.q, ss.p, ss.n, ss.m
+    e = Eval()
+    e._Minv = None
+    theta = np.asarray(theta, dtype=float)
+    e.theta = theta
+    Lam = lambda_of(theta, q, ss.tril)
+    e.Lam = Lam
+    S, ZX, Zy = ss.t()
+    if q == 1:
+        lam = Lam[0, 0]
+        Mj = lam * lam * S[0, 0] + 1.0
+        lc = np.sqrt(Mj)
+        f = lam / lc
+        RZX = ZX[0] * f  # (p, m)
+        cu = Zy[0] * f  # (m,)
+        logdetM = float(np.log(Mj).sum())
+        A = ss.XtX - RZX @ RZX.T
+        b = ss.Xty - RZX @ cu
+        cu_ss = float(cu @ cu)
+        e.Lc = lc[None, None, :]
+        e.RZX = RZX[None]
+        e.cu = cu[None]
+    else:
+        LtS = (Lam.T @ S.reshape(q, q * m)).reshape(q, q, m)
+        M = np.einsum("abm,bd->adm", LtS, Lam)
+        M[np.arange(q), np.arange(q)] += 1.0
+        Lc = _chol_t(M)
+        e.Lc = Lc
+        rhs = np.empty((q, p + 1, m))
+        rhs[:, :p, :] = (Lam.T @ ZX.reshape(q, p * m)).reshape(q, p, m)
+        rhs[:, p, :] = Lam.T @ Zy
+        sol = _fwd_t(Lc, rhs)  # (q, p+1, m)
+        RZX = sol[:, :p, :]
+        cu = sol[:, p, :]
+        logdetM = 2.0 * float(sum(np.log(Lc[i, i]).sum() for i in range(q)))
+        R2 = RZX.transpose(1, 0, 2).reshape(p, q * m)
+        A = ss.XtX - R2 @ R2.T
+        b = ss.Xty - R2 @ cu.reshape(-1)
+        cu_ss = float((cu * cu).sum())
+        e.RZX = RZX
+        e.cu = cu
+    try:
+        RX = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError as err:
+        raise NotPositiveDefinite(str(err)) from None
+    # p is small: A^{-1} explicitly (needed by the gradient and the covariance anyway)
+    Ainv = np.linalg.inv(A)
+    e._Ainv = Ainv
+    beta = Ainv @ b
+    r2 = ss.yty - cu_ss - float(b @ beta)
+    if r2 <= 0:  # perfect fit; keep the criterion finite and monotone
+        r2 = 1e-300
+    logdetA = 2.0 * float(np.log(RX.diagonal()).sum())
+    e.A, e.RX, e.beta, e.r2, e.logdetM, e.logdetA = A, RX, beta, r2, logdetM, logdetA
+    if reml:
+        nmp = n - p
+        e.dev = logdetM + logdetA + nmp * (1.0 + LOG2PI + math.log(r2 / nmp))
+    else:
+        e.dev = logdetM + n * (1.0 + LOG2PI + math.log(r2 / n))
+    e.u = None
+    return e
+
+
+def spherical_re(e: Eval, ss: SuffStats):
+    """u_j = L_j'^{-1}(c_uj - R_ZXj beta), shape (q, m); the BLUPs are b_j = Lambda u_j."""
+    if e.u is None:
+        v = e.cu - np.einsum("qpm,p->qm", e.RZX, e.beta)  # (q,m)
+        if ss.q == 1:
+            e.u = v / e.Lc[0]
+        else:
+            e.u = _bwd_t(e.Lc, v[:, None, :])[:, 0, :]
+    return e.u
+
+
+def blups(e: Eval, ss: SuffStats):
+    """Conditional modes b_j = Lambda u_j, shape (m, q)."""
+    return (e.Lam @ spherical_re(e, ss)).T
+
+
+def _grad_pieces(e: Eval, ss: SuffStats, need_A: bool):
+    """Matrix gradients (q x q) of log|M|, r^2 and (optionally) log|A| with respect to Lambda."""
+    q = ss.q
+    Lam = e.Lam
+    S, ZX, Zy = ss.t()
+    u = spherical_re(e, ss)  # (q,m)
+    bj = Lam @ u  # (q,m)
+    Ztr = Zy - np.einsum("qpm,p->qm", ZX, e.beta) - np.einsum("abm,bm->am", S, bj)
+    g_r2 = -2.0 * Ztr @ u.T
+    Minv = e.Minv()
+    if q == 1:
+        lam = Lam[0, 0]
+        SM = S[0, 0] * Minv[0, 0]
+        g_M = np.array([[2.0 * lam * float(SM.sum())]])
+        if not need_A:
+            return g_M, g_r2, None
+        P = Minv[0, 0] * lam
+        K = 1.0 - SM * lam * lam
+        W = e.Ainv @ ZX[0]  # (p,m)
+        B = (ZX[0] * W).sum(axis=0)
+        g_A = np.array([[-2.0 * float((K * B * P).sum())]])
+        return g_M, g_r2, g_A
+    SL = np.einsum("acm,cb->abm", S, Lam)
+    g_M = 2.0 * np.einsum("abm,bcm->ac", SL, Minv)
+    if not need_A:
+        return g_M, g_r2, None
+    P = np.einsum("abm,cb->acm", Minv, Lam)  # M^{-1} Lambda'
+    K = -_mm(SL, P)
+    K[np.arange(q), np.arange(q)] += 1.0
+    B = np.einsum("apm,pr,brm->abm", ZX, e.Ainv, ZX, optimize=False)
+    g_A = -2.0 * np.einsum("acm,dcm->ad", _mm(K, B), P)
+    return g_M, g_r2, g_A
+
+
+def gradient(e: Eval, ss: SuffStats, reml: bool):
+    """Analytic gradient of the profiled criterion with respect to theta."""
+    g_M, g_r2, g_A = _grad_pieces(e, ss, need_A=reml)
+    N = ss.n - ss.p if reml else ss.n
+    G = g_M + (N / e.r2) * g_r2
+    if reml:
+        G = G + g_A
+    r, c = ss.tril
+    return G[r, c]
+
+
+def dW_dtheta(e: Eval, ss: SuffStats):
+    """For each theta_k: T_k = sum_j Z_j'X_j' dW_j/dtheta_k Z_j'X_j (p x p); dA/dtheta_k = -T_k."""
+    q = ss.q
+    Lam = e.Lam
+    S, ZX, _ = ss.t()
+    Minv = e.Minv()
+    if q == 1:
+        lam = Lam[0, 0]
+        P = Minv[0, 0] * lam
+        K = 1.0 - S[0, 0] * lam * P
+        w = 2.0 * K * P
+        return [(ZX[0] * w) @ ZX[0].T]
+    P = np.einsum("abm,cb->acm", Minv, Lam)
+    K = -_mm(np.einsum("acm,cb->abm", S, Lam), P)
+    K[np.arange(q), np.arange(q)] += 1.0
+    out = []
+    for r, c in zip(*ss.tril):
+        # dW = K' E_rc P + P' E_cr K:  (K' E_rc P)_ab = K[r,a] P[c,b]
+        KEP = K[r][:, None, :] * P[c][None, :, :]
+        dW = KEP + KEP.transpose(1, 0, 2)
+        out.append(np.einsum("apm,abm,brm->pr", ZX, dW, ZX))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# optimiser
+# --------------------------------------------------------------------------------------------
+_GRID_RI = np.array([0.0, 1e-3, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.27, 0.35, 0.45, 0.6, 0.8, 1.0, 1.3, 1.7, 2.3, 3.2, 4.5, 7.0, 12.0, 25.0, 100.0])
+
+
+def ri_criterion(thetas, ss: SuffStats, reml: bool, grad: bool = True):
+    """Vectorised random-intercept criterion and its derivative for a vector of theta values.
+
+    With q = 1 the per-group algebra collapses to the weights w_j = theta^2 / (1 + theta^2 n_j):
+    A = X'X - sum_j w_j (Z_j'X_j)(Z_j'X_j)',  b = X'y - sum_j w_j (Z_j'X_j)(Z_j'y_j),
+    r^2 = y'y - sum_j w_j (Z_j'y_j)^2 - b'A^{-1}b; dw_j/dtheta = 2 theta / (1 + theta^2 n_j)^2.
+    Returns (criterion, derivative); +inf where R_X'R_X is not positive definite.
+    """
+    S, ZXZX, ZXy, zy2 = ss.ri()
+    p = ss.p
+    th = np.atleast_1d(np.asarray(thetas, dtype=float))
+    k = th.size
+    t2 = th * th
+    M = 1.0 + t2[:, None] * S[None, :]
+    w = t2[:, None] / M
+    A = ss.XtX[None] - (w @ ZXZX).reshape(k, p, p)
+    b = ss.Xty[None] - w @ ZXy
+    cuss = w @ zy2
+    try:
+        C = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        if k == 1:
+            return np.array([np.inf]), np.array([np.nan])
+        out = [ri_criterion(t, ss, reml, grad) for t in th]
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+    Ainv = np.linalg.inv(A)
+    beta = np.einsum("kpr,kr->kp", Ainv, b)
+    quad = np.einsum("kp,kp->k", b, beta)
+    r2 = np.maximum(ss.yty - cuss - quad, 1e-300)
+    logdetM = np.log(M).sum(axis=1)
+    N = ss.n - p if reml else ss.n
+    dev = logdetM + N * (1.0 + LOG2PI + np.log(r2 / N))
+    if reml:
+        dev = dev + 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1)
+    if not grad:
+        return dev, None
+    dw = 2.0 * th[:, None] / (M * M)
+    dA = -(dw @ ZXZX).reshape(k, p, p)
+    db = -(dw @ ZXy)
+    dquad = 2.0 * np.einsum("kp,kp->k", beta, db) - np.einsum("kp,kpr,kr->k", beta, dA, beta)
+    dr2 = -(dw @ zy2) - dquad
+    g = (2.0 * th[:, None] * S[None, :] / M).sum(axis=1) + N * dr2 / r2
+    if reml:
+        g = g + np.einsum("kpr,krp->k", Ainv, dA)
+    return dev, g
+
+
+class OptResult:
+    __slots__ = ("theta", "e", "converged", "message", "nfev", "grad")
+
+
+def _safe_dev(theta, ss, reml):
+    try:
+        return evaluate(theta, ss, reml).dev
+    except NotPositiveDefinite:
+        return np.inf
+
+
+def optimize_ri(ss: SuffStats, reml: bool, rel_tol: float = 1e-3) -> OptResult:
+    """Random intercept: one bounded parameter theta >= 0.
+
+    The vectorised criterion is evaluated in one call on a grid of theta (ICC from 1e-6 to
+    0.9999) that includes the boundary theta = 0.  Around the best grid point the root of the
+    analytic derivative is found by Brent's method (scipy ``brentq``) when the derivative changes
+    sign on the bracket, otherwise the criterion is minimised by bounded Brent.  The boundary value
+    is always compared explicitly: the derivative at theta = 0 is exactly zero, so a
+    gradient-only test could not see a boundary optimum.
+    """
+    grid = _GRID_RI
+    devs, grads = ri_criterion(grid, ss, reml)
+    nfev = grid.size
+    i = int(np.argmin(devs))
+    f = lambda t: float(ri_criterion(t, ss, reml, grad=False)[0][0])  # noqa: E731
+    g = lambda t: float(ri_criterion(t, ss, reml)[1][0])  # noqa: E731
+    cands = [(float(devs[0]), 0.0), (float(devs[i]), float(grid[i]))]
+    if i == 0:
+        lo, hi = 0.0, float(grid[1])
+    elif i == grid.size - 1:
+        lo, hi = float(grid[i - 1]), float(grid[i]) * 1e3
+    else:
+        lo, hi = float(grid[i - 1]), float(grid[i + 1])
+    t = None
+    if i > 0 and i < grid.size - 1 and grads[i - 1] < 0 < grads[i + 1]:
+        try:
+            t, r = optimize.brentq(g, lo, hi, xtol=1e-14, rtol=1e-13, full_output=True)
+            nfev += r.function_calls
+            cands.append((f(t), float(t)))
+        except (ValueError, RuntimeError):
+            t = None
+    if t is None:
+        res = optimize.minimize_scalar(
+            f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12 * max(1.0, hi), "maxiter": 500}
+        )
+        nfev += res.nfev
+        cands.append((float(res.fun), float(res.x)))
+    dev, t = min(cands)
+    e = evaluate(np.array([t]), ss, reml)
+    out = OptResult()
+    out.theta = np.array([t])
+    out.e = e
+    out.nfev = nfev
+    gr = gradient(e, ss, reml) if t > 0 else np.zeros(1)
+    out.grad = gr
+    out.converged = bool(np.all(np.isfinite(gr)) and abs(gr[0]) * max(t, 1.0) < rel_tol)
+    out.message = "converged" if out.converged else f"gradient {gr[0]:.3g} at theta={t:.6g}"
+    return out
+
+
+def canonical_theta(theta, q, tril=None):
+    """Flip the sign of every column of Lambda whose diagonal is negative (Lambda Lambda' and
+    the criterion are unchanged), so that the diagonal is non-negative as lme4 reports it."""
+    tril = tril if tril is not None else tril_index(q)
+    L = lambda_of(theta, q, tril)
+    sgn = np.where(np.diag(L) < 0, -1.0, 1.0)
+    L = L * sgn[None, :]
+    return L[tril]
+
+
+def optimize_general(ss: SuffStats, reml: bool, theta0=None, rel_tol: float = 1e-3) -> OptResult:
+    """Random intercept and slopes: quasi-Newton (L-BFGS-B) over theta with the analytic gradient.
+
+    The criterion is invariant to the sign of each column of Lambda, so the diagonal need not be
+    bounded: the optimiser runs unconstrained (a bounded gradient method can stall exactly on
+    the boundary, where the derivative of a diagonal element is zero by symmetry) and the columns
+    are sign-normalised afterwards.  Then the boundary is checked explicitly, as lme4 does: every
+    diagonal element below 1e-3 is fixed at exactly zero, the others re-optimised, and the better
+    of the two solutions kept.
+    """
+    q = ss.q
+    lb = theta_lower_bounds(q)
+    diag = np.isfinite(lb)
+    if theta0 is None:
+        theta0 = np.where(diag, 1.0, 0.0)
+    cache = {}
+
+    def fg(th):
+        key = th.tobytes()
+        if key not in cache:
+            try:
+                e = evaluate(th, ss, reml)
+                cache.clear()
+                cache[key] = (e.dev, gradient(e, ss, reml))
+            except NotPositiveDefinite:
+                return np.inf, np.zeros_like(th)
+        return cache[key]
+
+    nfev = 0
+
+    def run(th0, bnds=None):
+        nonlocal nfev
+        r = optimize.minimize(
+            fg, th0, jac=True, method="L-BFGS-B", bounds=bnds,
+            options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000, "maxcor": 20},
+        )
+        nfev += r.nfev
+        return np.asarray(r.x, float), float(r.fun), str(r.message)
+
+    x, f, msg = run(np.asarray(theta0, float))
+    best_theta, best_dev = canonical_theta(x, q, ss.tril), f
+    small = diag & (best_theta < 1e-3)
+    if np.any(small):
+        th0 = best_theta.copy()
+        th0[small] = 0.0
+        bnds = [(0.0, 0.0) if s else (None, None) for s in small]
+        x2, f2, _ = run(th0, bnds)
+        if f2 <= best_dev:
+            best_theta, best_dev = canonical_theta(x2, q, ss.tril), f2
+            best_theta[small] = 0.0
+    e = evaluate(best_theta, ss, reml)
+    g = gradient(e, ss, reml)
+    # at a zero diagonal the derivative vanishes by symmetry; the boundary comparison above
+    # decided optimality there, so only the free parameters enter the convergence test
+    at_bound = diag & (best_theta <= 0.0)
+    gp = np.where(at_bound, 0.0, g)
+    out = OptResult()
+    out.theta, out.e, out.nfev, out.grad = best_theta, e, nfev, g
+    scale = np.maximum(np.abs(best_theta), 1.0)
+    out.converged = bool(np.all(np.isfinite(gp)) and np.max(np.abs(gp) * scale) < rel_tol)
+    out.message = "converged" if out.converged else f"max |gradient| {np.max(np.abs(gp)):.3g} ({msg})"
+    return out

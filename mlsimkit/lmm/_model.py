@@ -1,0 +1,428 @@
+"""Result object, array and formula entry points, batch fitting, Satterthwaite inference."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import linalg, stats
+
+from . import _core
+from ._formula import DesignInfo, build_design, parse_formula
+from .errors import LMMDataError, LMMError, LMMIdentificationError
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4) on the relative (theta) scale
+GRAD_TOL = 1e-3  # |projected d criterion / d theta| * max(|theta|, 1); theta is scale free
+
+
+# --------------------------------------------------------------------------------------------
+# checks and preparation of arrays
+# --------------------------------------------------------------------------------------------
+def _check_finite(a, what, names):
+    bad = ~np.isfinite(a)
+    if bad.any():
+        if a.ndim == 1:
+            raise LMMDataError(f"{what} has {int(bad.sum())} missing or infinite value(s)")
+        j = int(np.nonzero(bad.any(axis=0))[0][0])
+        raise LMMDataError(
+            f"{what} column '{names[j]}' has {int(bad[:, j].sum())} missing or infinite value(s)"
+        )
+
+
+def _collinear_columns(X, names):
+    """Names of columns that are (numerically) linear combinations of earlier ones, or []."""
+    if X.shape[1] == 0:
+        return []
+    scale = np.sqrt((X * X).sum(axis=0))
+    if np.any(scale == 0):
+        return [names[j] for j in np.nonzero(scale == 0)[0]]
+    R = np.linalg.qr(X / scale, mode="r")
+    d = np.abs(np.diag(R))
+    tol = max(X.shape) * np.finfo(float).eps * 1e3
+    return [names[j] for j in np.nonzero(d < tol)[0]]
+
+
+@dataclass
+class Prepared:
+    """Sorted design + group codes + sufficient statistics, reusable for refits."""
+
+    y: np.ndarray
+    X: np.ndarray
+    Z: np.ndarray
+    codes: np.ndarray
+    levels: np.ndarray
+    order: np.ndarray | None
+    starts: np.ndarray
+    ss: _core.SuffStats
+    fe_names: list
+    re_names: list
+    group_name: str
+    level2: np.ndarray
+
+
+def prepare(y, X, Z, groups, fe_names=None, re_names=None, group_name="group", response="y"):
+    y = np.asarray(y, dtype=float).reshape(-1)
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1:
+        X = X[:, None]
+    Z = np.asarray(Z, dtype=float)
+    if Z.ndim == 1:
+        Z = Z[:, None]
+    n, p = X.shape
+    q = Z.shape[1]
+    fe_names = list(fe_names) if fe_names is not None else [f"x{j}" for j in range(p)]
+    re_names = list(re_names) if re_names is not None else [f"z{j}" for j in range(q)]
+    if len(fe_names) != p or len(re_names) != q:
+        raise LMMDataError(f"fe_names/re_names have {len(fe_names)}/{len(re_names)} entries for {p}/{q} columns")
+    if y.shape[0] != n or Z.shape[0] != n or len(groups) != n:
+        raise LMMDataError(f"y, X, Z and groups must have the same number of rows ({y.shape[0]}, {n}, {Z.shape[0]}, {len(groups)})")
+    if q == 0:
+        raise LMMDataError("the random-effects design Z has no column")
+    _check_finite(y, f"response '{response}'", None)
+    _check_finite(X, "fixed-effects design", fe_names)
+    _check_finite(Z, "random-effects design", re_names)
+    g = pd.Series(groups) if not isinstance(groups, pd.Series) else groups
+    if g.isna().any():
+        raise LMMDataError(f"grouping factor '{group_name}' has {int(g.isna().sum())} missing value(s)")
+    codes, levels = pd.factorize(g, sort=True)
+    m = len(levels)
+    if m < 2:
+        raise LMMIdentificationError(
+            f"grouping factor '{group_name}' has {m} level(s); a mixed model needs at least two groups"
+        )
+    nj = np.bincount(codes, minlength=m)
+    if nj.max() <= 1:
+        raise LMMIdentificationError(
+            f"grouping factor '{group_name}': every group has a single observation, so the "
+            "random-effect and residual variances are not separately identified"
+        )
+    if n <= p:
+        raise LMMIdentificationError(f"{n} observations for {p} fixed effects")
+    col = _collinear_columns(X, fe_names)
+    if col:
+        raise LMMIdentificationError(
+            f"fixed-effect column(s) {col} are collinear with the other predictors (or constant zero); drop them"
+        )
+    order = None
+    if np.any(codes[1:] < codes[:-1]):
+        order = np.argsort(codes, kind="stable")
+        y, X, Z, codes = y[order], X[order], Z[order], codes[order]
+    starts = np.concatenate(([0], np.cumsum(nj)[:-1]))
+    ss = _core.SuffStats(y, X, Z, codes, m)
+    rng_ = np.maximum.reduceat(X, starts, axis=0) - np.minimum.reduceat(X, starts, axis=0)
+    level2 = np.all(rng_ <= 1e-12 * np.maximum(np.abs(X).max(axis=0), 1e-300), axis=0)
+    return Prepared(y, X, Z, codes, np.asarray(levels), order, starts, ss, fe_names, re_names, group_name, level2)
+
+
+# --------------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------------
+class LMMResult:
+    """A fitted one-factor linear mixed model (same type whatever the backend).
+
+    Attributes follow statsmodels where they exist (``fe_params``, ``bse``, ``cov_re``) and lme4
+    otherwise (``theta``, ``criterion`` = REML criterion or ML deviance = -2 log-likelihood).
+    """
+
+    def __init__(self):
+        self._df = None
+        self._ranef = None
+        self.info: DesignInfo | None = None
+
+    # ---- construction from the native engine
+    @classmethod
+    def _from_opt(cls, prep: Prepared, opt, reml, fit_time, backend="mlsimkit"):
+        r = cls()
+        e, ss = opt.e, prep.ss
+        r._prep, r._e = prep, e
+        r.backend = backend
+        r.reml = bool(reml)
+        r.nobs, r.ngroups = ss.n, ss.m
+        N = ss.n - ss.p if reml else ss.n
+        r.sigma2 = e.r2 / N
+        r.scale = r.sigma2
+        r.theta = np.asarray(opt.theta, dtype=float)
+        names = prep.fe_names
+        r.fe_params = pd.Series(e.beta, index=names, name="estimate")
+        r.cov_fe = pd.DataFrame(r.sigma2 * e.Ainv, index=names, columns=names)
+        r.bse = pd.Series(np.sqrt(np.diag(r.cov_fe.to_numpy())), index=names, name="se")
+        G = r.sigma2 * (e.Lam @ e.Lam.T)
+        r.cov_re = pd.DataFrame(G, index=prep.re_names, columns=prep.re_names)
+        r.criterion = float(e.dev)
+        r.loglik = -0.5 * r.criterion
+        r.llf = r.loglik
+        r.converged = bool(opt.converged)
+        diag = np.diag(e.Lam)
+        r.singular = bool(np.any(diag < SINGULAR_TOL))
+        r.message = opt.message + ("; singular fit (a random-effect variance on the boundary)" if r.singular else "")
+        r.fit_time = fit_time
+        r.nfev = opt.nfev
+        r.level2 = pd.Series(prep.level2, index=names, name="level2")
+        return r
+
+    # ---- lazily computed pieces
+    @property
+    def ranef(self) -> pd.DataFrame:
+        """BLUPs (conditional modes) of the random effects, one row per group."""
+        if self._ranef is None:
+            b = _core.blups(self._e, self._prep.ss)
+            self._ranef = pd.DataFrame(b, index=pd.Index(self._prep.levels, name=self._prep.group_name),
+                                       columns=self._prep.re_names)
+        return self._ranef
+
+    random_effects = ranef
+
+    @property
+    def df(self) -> pd.Series:
+        """Satterthwaite degrees of freedom of each fixed effect (lmerTest's method)."""
+        if self._df is None:
+            self._df = pd.Series(satterthwaite_df(self._e, self._prep.ss, self.reml),
+                                 index=self.fe_params.index, name="df")
+        return self._df
+
+    @property
+    def tvalues(self):
+        return self.fe_params / self.bse
+
+    def conf_int(self, alpha: float = 0.05, method: str = "mixed") -> pd.DataFrame:
+        """Confidence intervals for the fixed effects.
+
+        ``method="mixed"`` (default): level-2 coefficients (columns constant within every group,
+        the intercept included) use t with Satterthwaite df; level-1 coefficients use z.  Where the
+        Satterthwaite df are not available (singular fit, flat Hessian) level-2 coefficients use
+        t with m - (number of level-2 columns) df (the between-group df of HLM).
+        ``"satterthwaite"``: t with Satterthwaite df for all; ``"z"``: normal for all.
+        """
+        est, se = self.fe_params.to_numpy(), self.bse.to_numpy()
+        zq = stats.norm.ppf(1 - alpha / 2)
+        if method == "z":
+            crit = np.full(est.shape, zq)
+        else:
+            df = self.df.to_numpy().copy()
+            fallback = self.ngroups - int(self.level2.sum())
+            df = np.where(np.isfinite(df) & (df > 0), df, max(fallback, 1))
+            tq = stats.t.ppf(1 - alpha / 2, df)
+            if method == "satterthwaite":
+                crit = tq
+            elif method == "mixed":
+                crit = np.where(self.level2.to_numpy(), tq, zq)
+            else:
+                raise LMMError(f"conf_int method '{method}': expected 'mixed', 'satterthwaite' or 'z'")
+        return pd.DataFrame({"lower": est - crit * se, "upper": est + crit * se}, index=self.fe_params.index)
+
+    def predict(self, newdata=None, include_re: bool = True, *, X=None, Z=None, groups=None) -> np.ndarray:
+        """Predictions: fixed part plus the BLUP of the observation's group.
+
+        Groups not seen when fitting get the fixed part only.  Give ``newdata`` (a DataFrame, for
+        formula fits) or the arrays ``X``, ``Z``, ``groups``; nothing gives the fitted values.
+        """
+        if newdata is not None:
+            if self.info is None:
+                raise LMMError("predict(newdata) needs a formula fit; pass X=, Z=, groups= for array fits")
+            _, X, Z, groups, _ = build_design(self.info.parsed, newdata, info=self.info, need_y=False)
+        elif X is None:
+            p = self._prep
+            inv = np.empty_like(p.order) if p.order is not None else None
+            X, Z, groups = p.X, p.Z, p.levels[p.codes]
+            out = self._predict_arrays(X, Z, groups, include_re)
+            if p.order is not None:
+                res = np.empty_like(out)
+                res[p.order] = out
+                return res
+            return out
+        return self._predict_arrays(np.asarray(X, float), None if Z is None else np.asarray(Z, float), groups, include_re)
+
+    def _predict_arrays(self, X, Z, groups, include_re):
+        if X.ndim == 1:
+            X = X[:, None]
+        fixed = X @ self.fe_params.to_numpy()
+        if not include_re:
+            return fixed
+        if Z is None or groups is None:
+            raise LMMError("predict with include_re=True needs Z and groups")
+        if Z.ndim == 1:
+            Z = Z[:, None]
+        re = self.ranef
+        pos = re.index.get_indexer(pd.Index(groups))
+        B = np.vstack([re.to_numpy(), np.zeros((1, re.shape[1]))])
+        return fixed + np.einsum("nq,nq->n", Z, B[pos])  # pos == -1 picks the zero row
+
+    def summary_frame(self, alpha: float = 0.05) -> pd.DataFrame:
+        ci = self.conf_int(alpha)
+        return pd.DataFrame({"estimate": self.fe_params, "se": self.bse, "df": self.df,
+                             "level2": self.level2, "lower": ci["lower"], "upper": ci["upper"]})
+
+    def __repr__(self):
+        kind = "REML" if self.reml else "ML"
+        return (f"<LMMResult {self.backend} {kind}: n={self.nobs}, groups={self.ngroups}, "
+                f"criterion={self.criterion:.4f}, converged={self.converged}, singular={self.singular}>")
+
+
+# --------------------------------------------------------------------------------------------
+# Satterthwaite
+# --------------------------------------------------------------------------------------------
+def _varpar_grad(theta, sigma, ss, reml):
+    """Gradient of the *non-profiled* criterion D(theta, sigma) (lmerTest's devfun_vp)."""
+    e = _core.evaluate(theta, ss, reml)
+    g_M, g_r2, g_A = _core._grad_pieces(e, ss, need_A=reml)
+    G = g_M + g_r2 / sigma**2
+    if reml:
+        G = G + g_A
+    r, c = ss.tril
+    N = ss.n - ss.p if reml else ss.n
+    gs = 2.0 * N / sigma - 2.0 * e.r2 / sigma**3
+    return np.append(G[r, c], gs)
+
+
+def satterthwaite_df(e: _core.Eval, ss: _core.SuffStats, reml: bool) -> np.ndarray:
+    """Satterthwaite df for each fixed effect, as lmerTest (Kuznetsova, Brockhoff & Christensen
+    2017, J. Stat. Softw. 82(13), section 3.2) computes them:
+
+        df_i = 2 C_ii^2 / (g_i' V g_i),   C = sigma^2 (R_X'R_X)^{-1} = Cov(beta-hat),
+
+    with varpar = (theta, sigma), V = 2 H^{-1} where H is the Hessian of the criterion as a
+    function of varpar (here by central differences of its *analytic* gradient) and g_i the
+    gradient of C_ii with respect to varpar, analytic: dC/dtheta_k = sigma^2 A^{-1} T_k A^{-1}
+    with T_k = sum_j Z_j'X_j' dW_j/dtheta_k Z_j'X_j, dC/dsigma = 2 sigma A^{-1}.
+    Returns NaN where the Hessian is not positive definite (e.g. at a boundary optimum).
+    """
+    N = ss.n - ss.p if reml else ss.n
+    sigma = np.sqrt(e.r2 / N)
+    phi = np.append(e.theta, sigma)
+    k = phi.size
+    H = np.empty((k, k))
+    for i in range(k):
+        h = 1e-4 * max(abs(phi[i]), 1e-2)
+        up, dn = phi.copy(), phi.copy()
+        up[i] += h
+        dn[i] -= h
+        try:
+            H[:, i] = (_varpar_grad(up[:-1], up[-1], ss, reml) - _varpar_grad(dn[:-1], dn[-1], ss, reml)) / (2 * h)
+        except _core.NotPositiveDefinite:
+            return np.full(ss.p, np.nan)
+    H = 0.5 * (H + H.T)
+    try:
+        cH = linalg.cho_factor(H)
+    except linalg.LinAlgError:
+        return np.full(ss.p, np.nan)
+    V = 2.0 * linalg.cho_solve(cH, np.eye(k))
+    Ainv = e.Ainv
+    grads = np.empty((ss.p, k))
+    for kk, T in enumerate(_core.dW_dtheta(e, ss)):
+        grads[:, kk] = sigma**2 * np.einsum("ip,pr,ri->i", Ainv, T, Ainv)
+    grads[:, -1] = 2.0 * sigma * np.diag(Ainv)
+    C = sigma**2 * np.diag(Ainv)
+    denom = np.einsum("ik,kl,il->i", grads, V, grads)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = 2.0 * C**2 / denom
+    return np.where(np.isfinite(df) & (df > 0), df, np.nan)
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
+def _fit_prepared(prep: Prepared, reml: bool, t0: float, theta0=None):
+    if prep.ss.q == 1:
+        opt = _core.optimize_ri(prep.ss, reml, GRAD_TOL)
+    else:
+        opt = _core.optimize_general(prep.ss, reml, theta0=theta0, rel_tol=GRAD_TOL)
+    return LMMResult._from_opt(prep, opt, reml, time.perf_counter() - t0)
+
+
+def fit_lmm(y, X, Z, groups, reml: bool = True, fe_names=None, re_names=None, *, backend: str = "mlsimkit",
+            group_name: str = "group", response: str = "y", theta0=None) -> LMMResult:
+    """Fit y = X beta + Z b_group + e from arrays (Z columns = the random-effect design)."""
+    t0 = time.perf_counter()
+    prep = prepare(y, X, Z, groups, fe_names, re_names, group_name, response)
+    if backend == "statsmodels":
+        from ._statsmodels import fit_statsmodels
+
+        return fit_statsmodels(prep, reml, t0)
+    if backend != "mlsimkit":
+        raise LMMError(f"backend '{backend}': expected 'mlsimkit' or 'statsmodels'")
+    return _fit_prepared(prep, reml, t0, theta0)
+
+
+def lmm(formula: str, data: pd.DataFrame, reml: bool = True, backend: str = "mlsimkit", theta0=None) -> LMMResult:
+    """Fit an lme4-style formula, e.g. ``lmm("MathAch ~ SES + Sector + (1 + SES | School)", df)``."""
+    t0 = time.perf_counter()
+    parsed = parse_formula(formula)
+    if parsed.group is None:
+        raise LMMError(f"formula {formula!r} has no random-effects term '(... | group)'")
+    y, X, Z, g, info = build_design(parsed, data)
+    if backend == "statsmodels":
+        from ._statsmodels import fit_statsmodels
+
+        prep = prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response)
+        r = fit_statsmodels(prep, reml, t0)
+    elif backend == "mlsimkit":
+        prep = prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response)
+        r = _fit_prepared(prep, reml, t0, theta0)
+    else:
+        raise LMMError(f"backend '{backend}': expected 'mlsimkit' or 'statsmodels'")
+    r.info = info
+    r.formula = formula
+    return r
+
+
+class LMMDesign:
+    """A prepared design (X, Z, groups and their sufficient statistics) for cheap refits.
+
+    ``LMMDesign(formula, data).fit(y=new_response)`` reuses X'X, Z_j'Z_j and Z_j'X_j and only
+    recomputes the response parts (X'y, Z_j'y_j, y'y) - the fast path of parametric bootstraps
+    and of simulations that redraw the outcome on a fixed design.
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame):
+        parsed = parse_formula(formula)
+        if parsed.group is None:
+            raise LMMError(f"formula {formula!r} has no random-effects term '(... | group)'")
+        y, X, Z, g, info = build_design(parsed, data)
+        self.prep = prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response)
+        self.info, self.formula = info, formula
+
+    def fit(self, y=None, reml: bool = True) -> LMMResult:
+        t0 = time.perf_counter()
+        prep = self.prep
+        if y is not None:
+            y = np.asarray(y, dtype=float).reshape(-1)
+            if y.shape[0] != prep.ss.n:
+                raise LMMDataError(f"y has {y.shape[0]} values for a design of {prep.ss.n} rows")
+            _check_finite(y, f"response '{self.info.parsed.response}'", None)
+            if prep.order is not None:
+                y = y[prep.order]
+            ss = prep.ss.with_response(prep.X.T @ y, float(y @ y),
+                                       np.add.reduceat(prep.Z * y[:, None], prep.starts, axis=0))
+            prep = Prepared(y, prep.X, prep.Z, prep.codes, prep.levels, prep.order, prep.starts, ss,
+                            prep.fe_names, prep.re_names, prep.group_name, prep.level2)
+        r = _fit_prepared(prep, reml, t0)
+        r.info, r.formula = self.info, self.formula
+        return r
+
+
+def fit_many(formula: str, datasets, reml: bool = True, *, by: str | None = None, errors: str = "raise"):
+    """Fit the same formula to many data sets (a list of DataFrames, or one DataFrame split by
+    the column ``by``).  Returns a list of results in order (``errors="none"``: a failed fit
+    gives ``None`` instead of raising).  The formula is parsed once.
+    """
+    parsed = parse_formula(formula)
+    if parsed.group is None:
+        raise LMMError(f"formula {formula!r} has no random-effects term '(... | group)'")
+    if by is not None:
+        datasets = [d for _, d in datasets.groupby(by, sort=True, observed=True)]
+    out = []
+    for d in datasets:
+        t0 = time.perf_counter()
+        try:
+            y, X, Z, g, info = build_design(parsed, d)
+            prep = prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response)
+            r = _fit_prepared(prep, reml, t0)
+            r.info, r.formula = info, formula
+        except LMMError:
+            if errors == "raise":
+                raise
+            r = None
+        out.append(r)
+    return out
