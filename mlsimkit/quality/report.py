@@ -265,9 +265,45 @@ class QualityReport:
             tmp.write_text("\n".join(parts), encoding="utf-8")
         return path
 
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Write ``table.csv``, ``summary.csv``, ``replicates.csv`` and ``report.html`` (atomically)."""
+        directory = Path(directory)
+        out = {}
+        for name, frame in (("table", self.table), ("summary", self.summary()), ("replicates", self.replicates)):
+            with atomic_path(directory / f"{name}.csv") as tmp:
+                frame.to_csv(tmp, index=False)
+            out[name] = directory / f"{name}.csv"
+        out["html"] = self.to_html(directory / "report.html")
+        return out
+
     def __repr__(self):
         return (f"QualityReport(datasets={list(self.synthetic)}, rows={len(self.table)}, "
                 f"reference_splits={self.settings.get('reference_splits')}, bootstrap={self.settings.get('bootstrap')})")
+
+
+# settings per study profile: quick (CI smoke), default (the book), paper (Table S2: k = 10, 5-fold efficacy)
+PROFILE_SETTINGS = {
+    "quick": dict(n_synthetic=2, reference_splits=3, bootstrap=0, efficacy="fast", efficacy_reference_splits=1),
+    "default": dict(n_synthetic=5, reference_splits=5, bootstrap=20, efficacy="fast", efficacy_reference_splits=2),
+    "paper": dict(n_synthetic=10, reference_splits=10, bootstrap=200, efficacy="full", efficacy_reference_splits=5),
+}
+
+
+def default_settings(profile: str, overrides: Mapping | None = None) -> dict:
+    """Stage 3 settings of a profile, updated with a params file's ``quality:`` mapping."""
+    if profile not in PROFILE_SETTINGS:
+        raise MlsimkitError(f"profile {profile!r}: expected one of {list(PROFILE_SETTINGS)}")
+    out = dict(PROFILE_SETTINGS[profile])
+    for k, v in (overrides or {}).items():
+        if k not in out and k not in ("targets", "seed"):
+            raise MlsimkitError(f"params 'quality.{k}': unknown setting; expected one of {sorted(out) + ['seed', 'targets']}")
+        out[k] = v
+    return out
+
+
+def evaluate_settings(settings: Mapping) -> dict:
+    """The keyword arguments of :func:`evaluate` among ``settings`` (drops ``n_synthetic``)."""
+    return {k: v for k, v in settings.items() if k != "n_synthetic"}
 
 
 def _as_dict(synthetic) -> dict[str, list[MultilevelData]]:
