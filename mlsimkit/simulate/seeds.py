@@ -15,6 +15,7 @@ random number generation"; O'Neill's SeedSequence design).  No global RNG state 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -23,6 +24,7 @@ DATA_STREAM = 0
 METHOD_STREAM = 1
 
 
+@functools.lru_cache(maxsize=4096)
 def name_word(name: str) -> int:
     """A stable 32-bit integer for a method name."""
     return int.from_bytes(hashlib.sha256(str(name).encode("utf-8")).digest()[:4], "little")
