@@ -113,6 +113,7 @@ def parse_formula(formula: str) -> ParsedFormula:
         rhs = rhs.replace(f"({inner})", "")
         rhs = re.sub(r"\+\s*\+", "+", rhs).strip().strip("+").strip()
     fx_int, fx_terms = _terms(rhs if rhs else "1", formula)
+    fx_terms = tuple(sorted(fx_terms, key=len))  # main effects before interactions, as R/patsy
     return ParsedFormula(lhs, fx_terms, fx_int, re_terms, re_int, group, formula)
 
 
