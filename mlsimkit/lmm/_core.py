@@ -484,6 +484,8 @@ def optimize_ri(ss: SuffStats, reml: bool, rel_tol: float = 1e-3) -> OptResult:
         nfev += res.nfev
         cands.append((float(res.fun), float(res.x)))
     dev, t = min(cands)
+    if devs[0] <= dev + 1e-9:  # the boundary is as good (to rounding): report theta = 0 exactly
+        dev, t = float(devs[0]), 0.0
     e = evaluate(np.array([t]), ss, reml)
     out = OptResult()
     out.theta = np.array([t])
