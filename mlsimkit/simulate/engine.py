@@ -10,6 +10,10 @@ Work is cut into *shards*: one condition, one block of consecutive replications.
 of scheduling, of storage and of resume.  Its rows depend only on (seed, condition, replication,
 method name), never on which worker ran it or when, so serial, loky and Dask runs give identical
 tables (``fit_time`` aside, which is a measured duration).
+
+Warnings are captured per method call with ``warnings.catch_warnings``, which is process-global: run
+Dask workers with one thread each (the default LocalCluster here does) so that two methods never
+capture each other's warnings.
 """
 
 from __future__ import annotations
@@ -551,6 +555,12 @@ def run(
 
 def _combine(frames: list[pd.DataFrame], design: Design) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    # Text columns as object with None for missing, whatever pandas infers (pandas 3 infers ``str`` for
+    # some columns and not others, and Parquet round trips change it): one dtype for every path.
+    for c in out.columns:
+        if out[c].dtype == object or isinstance(out[c].dtype, pd.StringDtype):
+            col = out[c].astype(object)
+            out[c] = col.where(col.notna(), None)
     for f in design.factors:
         if f in out and out[f].dtype == object and out[f].notna().all():
             kinds = {type(v) for v in out[f].unique()}
