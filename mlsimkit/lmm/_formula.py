@@ -209,9 +209,14 @@ def check_columns(data: pd.DataFrame, names, formula: str):
     for v in names:
         if v not in data.columns:
             raise LMMDataError(f"formula {formula!r}: column '{v}' is not in the data (columns: {list(data.columns)})")
-        if data[v].isna().any():
-            k = int(data[v].isna().sum())
-            raise LMMDataError(f"column '{v}' has {k} missing value(s); drop or impute them before fitting")
+        s = data[v]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            miss = s.cat.codes.to_numpy() < 0
+        else:
+            a = s.to_numpy()
+            miss = np.isnan(a) if a.dtype.kind in "fc" else (pd.isna(a) if a.dtype.kind == "O" else None)
+        if miss is not None and miss.any():
+            raise LMMDataError(f"column '{v}' has {int(miss.sum())} missing value(s); drop or impute them before fitting")
 
 
 def build_design(parsed: ParsedFormula, data: pd.DataFrame, info: DesignInfo | None = None, need_y=True):

@@ -105,10 +105,10 @@ def prepare(y, X, Z, groups, fe_names=None, re_names=None, group_name="group", r
     _check_finite(y, f"response '{response}'", None)
     _check_finite(X, "fixed-effects design", fe_names)
     _check_finite(Z, "random-effects design", re_names)
-    g = pd.Series(groups) if not isinstance(groups, pd.Series) else groups
-    if g.isna().any():
-        raise LMMDataError(f"grouping factor '{group_name}' has {int(g.isna().sum())} missing value(s)")
+    g = groups.to_numpy() if isinstance(groups, pd.Series) else np.asarray(groups)
     codes, levels = pd.factorize(g, sort=True)
+    if np.any(codes < 0):
+        raise LMMDataError(f"grouping factor '{group_name}' has {int((codes < 0).sum())} missing value(s)")
     m = len(levels)
     if m < 2:
         raise LMMIdentificationError(
@@ -151,7 +151,37 @@ class LMMResult:
     def __init__(self):
         self._df = None
         self._ranef = None
+        self._cache = {}
         self.info: DesignInfo | None = None
+        self.formula = None
+
+    # pandas views are built on first access (a fit in a simulation often needs two numbers)
+    def _cached(self, key, make):
+        v = self._cache.get(key)
+        if v is None:
+            v = self._cache[key] = make()
+        return v
+
+    @property
+    def fe_params(self) -> pd.Series:
+        return self._cached("fe", lambda: pd.Series(self._beta, index=self._fe_names, name="estimate"))
+
+    @property
+    def cov_fe(self) -> pd.DataFrame:
+        return self._cached("cov", lambda: pd.DataFrame(self._cov, index=self._fe_names, columns=self._fe_names))
+
+    @property
+    def bse(self) -> pd.Series:
+        return self._cached("bse", lambda: pd.Series(np.sqrt(np.diag(self._cov)), index=self._fe_names, name="se"))
+
+    @property
+    def cov_re(self) -> pd.DataFrame:
+        return self._cached("G", lambda: pd.DataFrame(self._G, index=self._re_names, columns=self._re_names))
+
+    @property
+    def level2(self) -> pd.Series:
+        """True for level-2 coefficients: the column is constant within every group."""
+        return self._cached("l2", lambda: pd.Series(self._level2, index=self._fe_names, name="level2"))
 
     # ---- construction from the native engine
     @classmethod
@@ -166,12 +196,11 @@ class LMMResult:
         r.sigma2 = e.r2 / N
         r.scale = r.sigma2
         r.theta = np.asarray(opt.theta, dtype=float)
-        names = prep.fe_names
-        r.fe_params = pd.Series(e.beta, index=names, name="estimate")
-        r.cov_fe = pd.DataFrame(r.sigma2 * e.Ainv, index=names, columns=names)
-        r.bse = pd.Series(np.sqrt(np.diag(r.cov_fe.to_numpy())), index=names, name="se")
-        G = r.sigma2 * (e.Lam @ e.Lam.T)
-        r.cov_re = pd.DataFrame(G, index=prep.re_names, columns=prep.re_names)
+        r._fe_names, r._re_names = prep.fe_names, prep.re_names
+        r._beta = e.beta
+        r._cov = r.sigma2 * e.Ainv
+        r._G = r.sigma2 * (e.Lam @ e.Lam.T)
+        r._level2 = prep.level2
         r.criterion = float(e.dev)
         r.loglik = -0.5 * r.criterion
         r.llf = r.loglik
@@ -181,7 +210,6 @@ class LMMResult:
         r.message = opt.message + ("; singular fit (a random-effect variance on the boundary)" if r.singular else "")
         r.fit_time = fit_time
         r.nfev = opt.nfev
-        r.level2 = pd.Series(prep.level2, index=names, name="level2")
         return r
 
     # ---- lazily computed pieces
@@ -201,7 +229,7 @@ class LMMResult:
         """Satterthwaite degrees of freedom of each fixed effect (lmerTest's method)."""
         if self._df is None:
             self._df = pd.Series(satterthwaite_df(self._e, self._prep.ss, self.reml),
-                                 index=self.fe_params.index, name="df")
+                                 index=self._fe_names, name="df")
         return self._df
 
     @property

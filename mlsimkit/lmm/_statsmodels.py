@@ -49,12 +49,11 @@ def fit_statsmodels(prep, reml, t0):
     names = prep.fe_names
     r.sigma2 = float(f.scale)
     r.scale = r.sigma2
-    r.fe_params = pd.Series(np.asarray(f.fe_params), index=names, name="estimate")
-    cov = np.asarray(f.cov_params())[:p, :p]
-    r.cov_fe = pd.DataFrame(cov, index=names, columns=names)
-    r.bse = pd.Series(np.sqrt(np.diag(cov)), index=names, name="se")
+    r._fe_names, r._re_names = names, prep.re_names
+    r._beta = np.asarray(f.fe_params, dtype=float)
+    r._cov = np.asarray(f.cov_params())[:p, :p]
     G = np.asarray(f.cov_re, dtype=float).reshape(q, q)
-    r.cov_re = pd.DataFrame(G, index=prep.re_names, columns=prep.re_names)
+    r._G = G
     r.theta = theta_from_cov(G / r.sigma2)
     r.loglik = float(f.llf)
     r.llf = r.loglik
@@ -74,5 +73,5 @@ def fit_statsmodels(prep, reml, t0):
     r.message = "; ".join(msgs) if msgs else ("converged" if r.converged else "not converged")
     r.fit_time = fit_time
     r.nfev = None
-    r.level2 = pd.Series(prep.level2, index=names, name="level2")
+    r._level2 = prep.level2
     return r

@@ -1,0 +1,165 @@
+"""Per-fit time of the mlsimkit mixed-model engine, statsmodels MixedLM and (when R is present)
+lme4, on the same data in the same run.  Prints medians and ratios; not a pass/fail test.
+
+    .venv/bin/python benchmarks/bench_lmm.py            # full
+    .venv/bin/python benchmarks/bench_lmm.py --quick    # fewer repetitions
+
+Data: HSB (7,185 students, 160 schools) and simulated small designs (30 schools x 20 students).
+Models: random intercept ``y ~ SES + (1 | School)`` and random slope ``(1 + SES | School)``, REML.
+Timed paths (each includes formula processing, as a user calls it):
+
+* mlsimkit ``lmm(formula, df)``; also ``LMMDesign.fit(y)`` (precomputed design, new response)
+  and ``fit_many`` (per fit, over a batch of small data sets);
+* statsmodels ``MixedLM.from_formula(...).fit(reml=True)`` (default optimiser settings);
+* lme4 ``lmer(formula, data)`` timed inside one ``Rscript`` process (after a warm-up fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import mlsimkit.datasets as ds
+from mlsimkit.lmm import LMMDesign, fit_many, lmm
+
+MODELS = {"RI": "MathAch ~ SES + (1 | School)", "RS": "MathAch ~ SES + (1 + SES | School)"}
+
+
+def small_designs(k, m=30, nper=20, seed=1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(k):
+        g = np.repeat(np.arange(m), nper)
+        ses = rng.normal(size=g.size)
+        b0 = rng.normal(scale=2.0, size=m)
+        b1 = rng.normal(scale=0.5, size=m)
+        y = 12 + 2.4 * ses + b0[g] + b1[g] * ses + rng.normal(scale=6.0, size=g.size)
+        out.append(pd.DataFrame({"School": [f"s{j:02d}" for j in g], "SES": ses, "MathAch": y}))
+    return out
+
+
+def timeit(fn, reps):
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def time_statsmodels(formula, df, reps):
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    fixed = formula.split("(")[0].rstrip(" +")
+    re = "~" + formula.split("(")[1].split("|")[0].strip().replace("1 + ", "")
+    kw = {} if "1 |" in formula else {"re_formula": re}
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            MixedLM.from_formula(fixed, groups="School", data=df, **kw).fit(reml=True)
+
+    return timeit(fit, reps)
+
+
+R_SCRIPT = r"""
+suppressPackageStartupMessages(library(lme4))
+args <- commandArgs(TRUE)
+reps <- as.integer(args[1]); files <- args[-1]
+forms <- c(RI = "MathAch ~ SES + (1 | School)", RS = "MathAch ~ SES + (1 + SES | School)")
+for (f in files) {
+  d <- read.csv(f); d$School <- as.character(d$School)
+  for (nm in names(forms)) {
+    fo <- as.formula(forms[[nm]])
+    invisible(suppressMessages(lmer(fo, data = d)))
+    ts <- numeric(reps)
+    for (i in seq_len(reps)) {
+      t0 <- proc.time()[["elapsed"]]
+      invisible(suppressMessages(lmer(fo, data = d)))
+      ts[i] <- proc.time()[["elapsed"]] - t0
+    }
+    cat(basename(f), nm, median(ts), "\n")
+  }
+}
+"""
+
+
+def time_lme4(frames: dict, reps: int):
+    """Median lmer() time per (data name, model); {} if R/lme4 is not available."""
+    if shutil.which("Rscript") is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for name, df in frames.items():
+            p = Path(tmp) / f"{name}.csv"
+            df.to_csv(p, index=False)
+            files.append(str(p))
+        script = Path(tmp) / "bench.R"
+        script.write_text(R_SCRIPT)
+        try:
+            out = subprocess.run(["Rscript", str(script), str(reps), *files], capture_output=True, text=True,
+                                 timeout=3600, check=True).stdout
+        except (subprocess.SubprocessError, OSError):
+            return {}
+    res = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            res[(parts[0].removesuffix(".csv"), parts[1])] = float(parts[2])
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    reps_fast, reps_sm, reps_r, nsmall = (10, 2, 5, 3) if a.quick else (40, 5, 20, 10)
+
+    hsb = ds.load("hsb").join_as_one()[["School", "SES", "MathAch"]]
+    hsb = hsb.assign(School=hsb["School"].astype(str))
+    smalls = small_designs(nsmall)
+    data = {"hsb": [hsb], "small": smalls}
+
+    rows = []
+    lme4 = time_lme4({"hsb": hsb, **{f"small{i}": d for i, d in enumerate(smalls)}}, reps_r)
+    for dname, frames in data.items():
+        for mname, formula in MODELS.items():
+            ours = np.median([timeit(lambda d=d: lmm(formula, d), reps_fast) for d in frames])
+            des = [LMMDesign(formula, d) for d in frames]
+            refit = np.median([timeit(lambda z=z, d=d: z.fit(d["MathAch"].to_numpy()), reps_fast)
+                               for z, d in zip(des, frames)])
+            sm = np.median([time_statsmodels(formula, d, reps_sm) for d in frames[: max(1, len(frames) // 3)]])
+            if dname == "hsb":
+                r4 = lme4.get(("hsb", mname), np.nan)
+            else:
+                vals = [lme4.get((f"small{i}", mname), np.nan) for i in range(len(frames))]
+                r4 = float(np.median(vals)) if vals else np.nan
+            batch = np.nan
+            if dname == "small":
+                many = frames * max(1, 60 // len(frames))
+                t0 = time.perf_counter()
+                fit_many(formula, many)
+                batch = (time.perf_counter() - t0) / len(many)
+            rows.append({"data": dname, "model": mname, "mlsimkit_ms": ours * 1e3, "refit_ms": refit * 1e3,
+                         "fit_many_ms": batch * 1e3, "statsmodels_ms": sm * 1e3, "lme4_ms": r4 * 1e3,
+                         "x_vs_statsmodels": sm / ours, "x_vs_lme4": r4 / ours})
+    tab = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    print("median seconds per fit x 1e3 (ms); ratios = other engine / mlsimkit lmm()")
+    print(tab.round(2).to_string(index=False))
+    if not lme4:
+        print("(R/lme4 not found: lme4 column empty)")
+    return tab
+
+
+if __name__ == "__main__":
+    main()
