@@ -94,7 +94,7 @@ def alpha_beta_authenticity(xr: np.ndarray, xs: np.ndarray, rng: np.random.Gener
 
 
 def _clf(seed):
-    return HistGradientBoostingClassifier(max_iter=60, learning_rate=0.15, max_leaf_nodes=15, early_stopping=False,
+    return HistGradientBoostingClassifier(max_iter=30, learning_rate=0.2, max_leaf_nodes=15, early_stopping=False,
                                           random_state=seed)
 
 
