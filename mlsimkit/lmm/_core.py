@@ -530,6 +530,9 @@ def optimize_ri(ss: SuffStats, reml: bool, rel_tol: float = 1e-3) -> OptResult:
     return out
 
 
+_LBFGS_OPTS = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000, "maxcor": 20}
+
+
 def canonical_theta(theta, q, tril=None):
     """Flip the sign of every column of Lambda whose diagonal is negative (Lambda Lambda' and
     the criterion are unchanged), so that the diagonal is non-negative as lme4 reports it."""
@@ -574,7 +577,7 @@ def optimize_general(ss: SuffStats, reml: bool, theta0=None, rel_tol: float = 1e
         nonlocal nfev
         r = optimize.minimize(
             fg, th0, jac=True, method="L-BFGS-B", bounds=bnds,
-            options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000, "maxcor": 20},
+            options=_LBFGS_OPTS,
         )
         nfev += r.nfev
         return np.asarray(r.x, float), float(r.fun), str(r.message)
