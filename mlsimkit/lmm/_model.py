@@ -228,6 +228,8 @@ class LMMResult:
     def df(self) -> pd.Series:
         """Satterthwaite degrees of freedom of each fixed effect (lmerTest's method)."""
         if self._df is None:
+            if getattr(self, "_e", None) is None:
+                return pd.Series(np.nan, index=self._fe_names, name="df")
             self._df = pd.Series(satterthwaite_df(self._e, self._prep.ss, self.reml),
                                  index=self._fe_names, name="df")
         return self._df
