@@ -63,6 +63,24 @@ ALIGNMENTS = ("clca", "naive", "none")
 
 
 @contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch (and BLAS / OpenMP) CPU threads (None: unchanged), then restore."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        with threadpool_limits(int(n)):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def seeded_global_rngs(seed: int):
     """Seed torch's and numpy's global generators inside the block; restore their state afterwards."""
     import torch
@@ -100,6 +118,9 @@ class CTGANGenerator(Generator):
         Passed to ``ctgan.CTGAN``.
     random_state : int
         Seed of training.
+    n_threads : int or None
+        Torch CPU threads during fit and sample (restored afterwards); None leaves torch's setting. On a
+        busy machine 1 is often fastest (torch's threads otherwise compete with other processes).
     verbose : bool
         Show ctgan's progress bar.
     """
@@ -126,6 +147,7 @@ class CTGANGenerator(Generator):
         pac: int = 10,
         log_frequency: bool = True,
         random_state: int = 0,
+        n_threads: int | None = None,
         verbose: bool = False,
     ):
         self.epochs = epochs
@@ -145,6 +167,7 @@ class CTGANGenerator(Generator):
         self.pac = pac
         self.log_frequency = log_frequency
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
 
     @classmethod
@@ -197,7 +220,7 @@ class CTGANGenerator(Generator):
             verbose=self.verbose, epochs=self.epochs, pac=self.pac, enable_gpu=False,
         )
         t0 = time.perf_counter()
-        with warnings.catch_warnings(), joblib.parallel_config(backend="threading"):
+        with warnings.catch_warnings(), joblib.parallel_config(backend="threading"), torch_threads(self.n_threads):
             # threads, not ctgan's default process pool, for the data transform: cheaper on few cores
             warnings.simplefilter("ignore")
             model.set_random_state(int(self.random_state))
@@ -270,7 +293,7 @@ class CTGANGenerator(Generator):
         saved = {k: v.clone() for k, v in gen.state_dict().items()}
         out = np.empty((cond_rows.size, model._transformer.output_dimensions), dtype=np.float32)
         try:
-            with seeded_global_rngs(seed), torch.no_grad():
+            with seeded_global_rngs(seed), torch.no_grad(), torch_threads(getattr(self, "n_threads", None)):
                 gen.train()
                 for start in range(0, cond_rows.size, bs):
                     rows = cond_rows[start:start + bs]

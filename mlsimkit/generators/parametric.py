@@ -14,7 +14,7 @@ estimates such a model from the real data (or takes some parameters from you) an
 
    * categorical (binary / categorical / ordinal): multinomial logistic regression (no random effect);
    * numerical: linear mixed model with a random intercept (and a random slope on one earlier variable
-     via ``random_slopes={"MathAch": "SES"}``), estimated by REML with statsmodels ``MixedLM``.
+     via ``random_slopes={"MathAch": "SES"}``), estimated by REML with :func:`mlsimkit.lmm.fit_lmm`.
      ``y_ij = x_ij' beta + z_ij' u_j + e_ij``, ``u_j ~ N(0, T)``, ``e_ij ~ N(0, sigma2)``.
 
    The sequential factorisation gives a joint distribution of the student variables in which the
@@ -91,7 +91,8 @@ class ParametricGenerator(Generator):
 
     def fit(self, data: MultilevelData) -> "ParametricGenerator":
         from sklearn.linear_model import LogisticRegression
-        from statsmodels.regression.mixed_linear_model import MixedLM
+
+        from ..lmm import fit_lmm
 
         schema = data.schema
         lay = two_level(schema, self.name)
@@ -100,6 +101,10 @@ class ParametricGenerator(Generator):
             raise MlsimkitError(f"generator 'parametric', parameter 'cluster_size': expected None or a positive "
                                 f"integer, got {self.cluster_size!r}")
         order = self._student_order(schema, lay)
+        for var in self.overrides:
+            if var not in order or schema.column(var).kind != "numerical":
+                raise MlsimkitError(f"generator 'parametric', parameter 'overrides': {var!r} is not a numerical "
+                                    f"student variable")
         for y, x in self.random_slopes.items():
             if y not in order or schema.column(y).kind != "numerical" or x not in order \
                     or schema.column(x).kind != "numerical" or order.index(x) >= order.index(y):
@@ -158,7 +163,7 @@ class ParametricGenerator(Generator):
                 Z = np.ones((len(yv), 1)) if slope is None else np.column_stack([np.ones(len(yv)), frame[slope]])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    res = MixedLM(yv, X, groups, exog_re=Z).fit(reml=True)
+                    res = fit_lmm(yv, X, Z, groups, reml=True)
                 beta = np.asarray(res.fe_params, dtype=float)
                 entry.update(
                     coef=dict(zip(["Intercept", *preds], map(float, beta))),
@@ -176,11 +181,14 @@ class ParametricGenerator(Generator):
         return self
 
     @classmethod
-    def from_params(cls, schema: Schema, params: Mapping, cluster_size: int | None = None) -> "ParametricGenerator":
-        """A generator that samples from given parameters (the layout of a fitted ``params_``)."""
-        gen = cls(cluster_size=cluster_size)
+    def from_params(cls, schema: Schema, params: Mapping, cluster_size: int | None = None,
+                    overrides: Mapping | None = None) -> "ParametricGenerator":
+        """A generator that samples from given parameters (the layout of a fitted ``params_``), with
+        optional ``overrides`` applied on top."""
+        gen = cls(cluster_size=cluster_size, overrides=overrides)
         gen.layout_ = two_level(schema, cls.name)
         gen.params_ = copy.deepcopy(dict(params))
+        gen._apply_overrides()
         gen.schema_ = schema
         return gen
 
