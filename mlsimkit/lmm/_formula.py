@@ -9,7 +9,10 @@ Columns: numeric (float, int) enter as they are; categorical (pandas ``Categoric
 string, bool) use treatment coding with the *first declared level* as reference (the
 ``Categorical``'s category order; sorted unique values for object columns; ``False`` for bool),
 named ``Var[T.level]`` as patsy does; without an intercept the first categorical main effect gets
-one column per level, ``Var[level]``.  Missing values raise :class:`LMMDataError` naming the column.
+one column per level, ``Var[level]``.  Categoricals inside interactions always use treatment
+coding (patsy's rule of full coding when the main effect is absent is not reproduced: write the
+main effect).  Fixed terms are ordered main effects first, then interactions, as R and patsy do.
+Missing values raise :class:`LMMDataError` naming the column.
 """
 
 from __future__ import annotations

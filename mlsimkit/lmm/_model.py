@@ -276,7 +276,6 @@ class LMMResult:
             _, X, Z, groups, _ = build_design(self.info.parsed, newdata, info=self.info, need_y=False)
         elif X is None:
             p = self._prep
-            inv = np.empty_like(p.order) if p.order is not None else None
             X, Z, groups = p.X, p.Z, p.levels[p.codes]
             out = self._predict_arrays(X, Z, groups, include_re)
             if p.order is not None:
