@@ -27,6 +27,11 @@ rows still vary within a synthetic school; alignment makes them constant:
 * ``alignment="naive"``: the within-school mean (rounded for declared integers) or mode;
 * ``alignment="none"``: no post-processing: each school keeps the values of its first generated row.
 
+Note on disclosure: quantile matching maps synthetic schools onto real school-level *values* (with
+``n_clusters = J_real`` the synthetic values of a numerical school variable are a permutation of the real
+ones, as in the paper's Algorithm 1); the real school-level columns are stored in the fitted model.
+Only the pairing of values with students and with other school variables is synthetic.
+
 With ``n_clusters = J_real`` this is the paper's set-up (every real label appears once) except that the
 paper sampled ``N`` unconditioned rows and grouped them by the generated label; conditioning lets us
 generate any number of schools with a controlled size distribution. :meth:`CTGANGenerator.sample_raw`
