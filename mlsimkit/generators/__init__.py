@@ -19,17 +19,32 @@ from .ctgan_clca import CTGANGenerator
 from .parametric import ParametricGenerator
 from .pool import SchoolPool
 
-try:  # written by another module owner; the package imports without it
-    from .diffusion import ClavaDDPMGenerator
-except ModuleNotFoundError as exc:  # pragma: no cover - only while diffusion.py is absent
-    if exc.name != f"{__name__}.diffusion":
-        raise
-    ClavaDDPMGenerator = None
-
 from ..errors import MlsimkitError
 
+
+def _clavaddpm():
+    """The diffusion generator, imported on first use (it imports torch at module level, which costs
+    seconds; and the package must import even where ``diffusion.py`` is absent)."""
+    try:
+        from .diffusion import ClavaDDPMGenerator
+    except ModuleNotFoundError as exc:  # pragma: no cover - only while diffusion.py is absent
+        if exc.name != f"{__name__}.diffusion":
+            raise
+        return None
+    return ClavaDDPMGenerator
+
+
+def __getattr__(name):  # PEP 562: ``from mlsimkit.generators import ClavaDDPMGenerator`` stays lazy
+    if name == "ClavaDDPMGenerator":
+        cls = _clavaddpm()
+        if cls is None:
+            raise ImportError("mlsimkit.generators.diffusion is not available in this installation")
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _REGISTRY = {
-    "clavaddpm": lambda: ClavaDDPMGenerator,
+    "clavaddpm": _clavaddpm,
     "ctgan": lambda: CTGANGenerator,
     "parametric": lambda: ParametricGenerator,
     "bootstrap": lambda: SchoolBootstrap,
