@@ -41,6 +41,10 @@ from .io import write_text
 from .study import Study
 
 TRADITIONAL = "traditional"
+#: Fit statuses whose estimates enter the measures. A singular fit (a variance component on the boundary)
+#: still gives valid estimates and predictions (those of the model without that component), as lme4 users
+#: report them; its rate is reported separately (``rate_singular``) so nothing is hidden.
+USABLE = ("ok", "warning", "singular")
 TRADITIONAL_ADJUSTED = "traditional-adjusted"
 
 
@@ -261,7 +265,7 @@ def evaluate(study: Study, which: str = "4-simulate") -> pd.DataFrame:
     res, truth = simulation_results(study, which)
     measures = ("pmse", "fail_rate") if study.objective == "prediction" else \
         ("bias", "rel_bias", "empse", "modelse", "relerror", "coverage", "becoverage", "fail_rate")
-    out = summarise(res, truth, by=["source", "n_schools"], measures=measures)
+    out = summarise(res, truth, by=["source", "n_schools"], measures=measures, usable=USABLE)
     out.to_csv(study.path("5-evaluate" if which == "4-simulate" else which, "summary.csv"), index=False)
     return out
 
@@ -307,7 +311,7 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         src = {"synthetic": source(study, data, scen, path, truth_model)}
         res, truth = simulate(study, data, which=f"6-robustness/{scen}", n_schools=[abl["n_schools"]],
                               reps=abl.get("reps"), source_list=src)
-        ps = summarise(res, truth, by=["source", "n_schools"])
+        ps = summarise(res, truth, by=["source", "n_schools"], usable=USABLE)
         ps.insert(0, "scenario", scen)
         perf.append(ps)
         log(f"[mlsimkit] ablation {scen}: done")
