@@ -261,27 +261,31 @@ def align_categorical(
         model.AddExactlyOne(x[j])
         for k in range(K):
             model.AddHint(x[j][k], int(hint[j] == k))
-    obj_terms = []
+    LE = cp_model.LinearExpr
+    obj_vars, obj_coefs = [], []
     for k in range(K):
         col = [x[j][k] for j in range(J)]
         if w1 > 0:
-            students = sum(int(n_int[j]) * col[j] for j in range(J))
+            students = LE.weighted_sum(col, [int(v) for v in n_int])
             target = int(round(N * p_real[k]))
             u = model.NewIntVar(0, N, f"u_{k}")
             model.Add(u >= students - target)
             model.Add(u >= target - students)
-            obj_terms.append(int(round(w1 / N * inv)) * u)
+            obj_vars.append(u)
+            obj_coefs.append(int(round(w1 / N * inv)))
         if w2 > 0:
-            schools = R * sum(col)
+            schools = R * LE.sum(col)
             target = int(round(R * m_target[k]))
             v = model.NewIntVar(0, R * J + abs(target), f"v_{k}")
             model.Add(v >= schools - target)
             model.Add(v >= target - schools)
-            obj_terms.append(int(round(w2 / R * inv)) * v)
+            obj_vars.append(v)
+            obj_coefs.append(int(round(w2 / R * inv)))
     if w3 > 0:
         coef = np.round(w3 * cost * inv).astype(np.int64)
-        obj_terms.extend(int(coef[j, k]) * x[j][k] for j in range(J) for k in range(K))
-    model.Minimize(sum(obj_terms))
+        obj_vars.extend(x[j][k] for j in range(J) for k in range(K))
+        obj_coefs.extend(int(c) for c in coef.ravel())
+    model.Minimize(LE.weighted_sum(obj_vars, obj_coefs))
 
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
