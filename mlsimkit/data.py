@@ -230,6 +230,7 @@ def _require_file(path: Path, schema: Schema, table: str | None = None) -> None:
         raise DataValidationError(
             f"{where(str(path), table)}: file not found (data set '{schema.name}'"
             + (f", declared as the file of table '{table}')" if table else ", declared as join_as_one)")
+            + (f". {schema.obtain}" if schema.obtain else "")
         )
 
 

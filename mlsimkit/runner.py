@@ -54,9 +54,9 @@ def run(
     out = Path(out).resolve() if out else root
     if out != root:
         _copy_sources(root, out)
-    names = study_mod.available(out) if studies == "all" else [studies] if isinstance(studies, str) else list(studies)
+    names = book_studies(out) if studies == "all" else [studies] if isinstance(studies, str) else list(studies)
     if not names:
-        raise MlsimkitError(f"no params files under '{out / 'params'}'")
+        raise MlsimkitError(f"'{out / '_toc.yml'}' lists no executed study pages (book/executed/<study>/<stage>)")
     wanted = set(stages) if stages else None
     for name in names:
         st = study_mod.load(name, profile, out)  # validates the params file before anything runs
@@ -69,6 +69,16 @@ def run(
     if not build:
         return None
     return build_book(out, log=log)
+
+
+def book_studies(out: Path) -> list[str]:
+    """The studies whose executed pages the book's ``_toc.yml`` lists, in order (what ``--study all`` runs)."""
+    names: list[str] = []
+    for f in _toc_files(out):
+        parts = Path(f).parts
+        if len(parts) >= 4 and parts[:2] == ("book", "executed") and parts[2] not in names:
+            names.append(parts[2])
+    return names
 
 
 def _copy_sources(root: Path, out: Path) -> None:
@@ -158,11 +168,11 @@ def build_book(out: Path, *, log=print) -> Path:
     return index
 
 
-def _missing_toc_files(out: Path) -> list[str]:
+def _toc_files(out: Path) -> list[str]:
     import yaml
 
     toc = yaml.safe_load((out / "_toc.yml").read_text())
-    files: list[str] = []
+    files: list[str] = [toc.get("root", "")]
 
     def walk(node):
         if isinstance(node, dict):
@@ -174,7 +184,10 @@ def _missing_toc_files(out: Path) -> list[str]:
             for v in node:
                 walk(v)
 
-    files.append(toc.get("root", ""))
     walk(toc.get("parts", toc.get("chapters", [])))
+    return [f for f in files if f]
+
+
+def _missing_toc_files(out: Path) -> list[str]:
     exts = (".md", ".ipynb", ".rst")
-    return [f for f in files if f and not any((out / f"{f}{e}").exists() or (out / f).exists() for e in exts)]
+    return [f for f in _toc_files(out) if not any((out / f"{f}{e}").exists() or (out / f).exists() for e in exts)]

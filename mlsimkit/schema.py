@@ -29,12 +29,13 @@ Example (the HSB schema shipped in ``mlsimkit/datasets/hsb/schema.yml``)::
         columns: ...
 
 Tables form a chain (LEA > school > student for three levels); every table but the top one has exactly
-one parent. A data set may instead be stored as one join-as-one file (``join_as_one: chem97.csv``).
+one parent. A data set may instead be stored as one join-as-one file (``join_as_one: chem97.csv``). ``obtain`` (optional) tells a user where to get data
+that cannot be shipped; it is repeated in the error raised when a file is missing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -102,6 +103,7 @@ class Schema:
     extra_columns: str = "error"
     join_as_one: str | None = None
     description: str = ""
+    obtain: str = ""
     source: str | None = field(default=None, compare=False)
 
     # ----------------------------------------------------------------- construction
@@ -123,7 +125,7 @@ class Schema:
         src = f"file '{source}'" if source else "schema"
         if not isinstance(spec, Mapping):
             raise SchemaError(f"{src}: expected a mapping with keys 'name' and 'tables'")
-        unknown = set(spec) - {"name", "tables", "missing", "extra_columns", "join_as_one", "description"}
+        unknown = set(spec) - {"name", "tables", "missing", "extra_columns", "join_as_one", "description", "obtain"}
         if unknown:
             raise SchemaError(f"{src}: unknown top-level key(s) {sorted(unknown)}")
         name = spec.get("name")
@@ -146,6 +148,7 @@ class Schema:
             extra_columns=extra,
             join_as_one=spec.get("join_as_one"),
             description=str(spec.get("description", "")).strip(),
+            obtain=str(spec.get("obtain", "")).strip(),
             source=source,
         )
         schema._check_structure(src)
@@ -258,13 +261,15 @@ class Schema:
         """A copy with some tables replaced (used by transformations such as the variable decomposition)."""
         new = dict(self.tables)
         new.update(tables)
-        return Schema(self.name, new, self.missing, self.extra_columns, self.join_as_one, self.description, self.source)
+        return replace(self, tables=new)
 
     def to_dict(self) -> dict:
         """The YAML-able mapping this schema was built from (round-trips through :meth:`from_dict`)."""
         out: dict[str, Any] = {"name": self.name, "missing": self.missing, "extra_columns": self.extra_columns}
         if self.join_as_one:
             out["join_as_one"] = self.join_as_one
+        if self.obtain:
+            out["obtain"] = self.obtain
         tables = {}
         for t in self.tables.values():
             td: dict[str, Any] = {"primary_key": list(t.primary_key) if len(t.primary_key) > 1 else t.primary_key[0]}

@@ -99,3 +99,50 @@ def test_source_notebooks_have_parameters_cell_and_no_outputs():
         assert "parameters" in code[0]["metadata"].get("tags", []), path
         assert all(not c.get("outputs") and not c.get("execution_count") for c in code), path
         assert not any("def " in "".join(c["source"]) for c in code), f"{path}: logic belongs in mlsimkit"
+
+
+def test_all_means_the_studies_of_the_book():
+    from mlsimkit.runner import book_studies
+
+    assert book_studies(ROOT) == ["hsb-prediction", "hsb-recovery"]
+    assert "hsls-prediction" in st.available(ROOT)  # a params file, but not part of the default book
+
+
+def test_user_supplied_data_missing_says_where_to_put_it():
+    from mlsimkit.errors import DataValidationError
+
+    s = st.load("hsls-prediction", "quick", ROOT)
+    if (ROOT / "data" / "hsls" / "schools.csv").exists():
+        pytest.skip("the HSLS files are present on this machine")
+    with pytest.raises(DataValidationError, match=r"schools\.csv.*file not found.*save them as data/hsls/students\.csv"):
+        s.data()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["hsb-prediction", "hsb-recovery"])
+def test_study_artifacts_complete(quick_book, study):
+    import pandas as pd
+
+    out, _ = quick_book
+    s = st.load(study, "quick", out)
+    run_dir = out / "runs" / study / "quick"
+    assert (run_dir / "2-train" / "models" / "clavaddpm.pkl").is_file()
+    choice = json.loads((run_dir / "3-quality" / "choice.json").read_text())
+    assert choice["best"] in s["generators"]
+    res = pd.read_parquet(run_dir / "4-simulate" / "results.parquet")
+    sim = s["simulation"]
+    n_methods = 3 if s.objective == "prediction" else 5
+    for src, sub in res.groupby("source"):
+        assert sorted(sub["n_schools"].unique()) == sorted(sim["n_schools"]), src
+        per = sub.groupby(["n_schools", "method"])["rep"].nunique()
+        assert len(per) == len(sim["n_schools"]) * n_methods and (per == sim["reps"]).all(), src
+        assert sub["status"].notna().all()
+    summary = pd.read_csv(run_dir / "5-evaluate" / "summary.csv")
+    assert {"fail_rate", "pmse" if s.objective == "prediction" else "coverage"} <= set(summary["measure"])
+    assert summary["mcse"].notna().any()
+    truth = pd.read_csv(run_dir / "4-simulate" / "truth.csv")
+    if s.objective == "recovery":  # the traditional replica's true values (Huang et al.: 5 and 2)
+        trad = truth[truth["source"] == "traditional"].set_index("parameter")["true_value"]
+        assert trad["X"] == 5 and trad["W1"] == 2
+    scen = pd.read_csv(run_dir / "6-robustness" / "quality.csv")["scenario"].unique()
+    assert set(scen) == {"original", "no-decomposition", "half-schools", "fewer-groups"}
