@@ -26,7 +26,7 @@ def real():
 @pytest.fixture(scope="module")
 def gen(real):
     g = make("ctgan", epochs=1, batch_size=100, embedding_dim=16, generator_dim=(32,), discriminator_dim=(32,),
-             random_state=3, n_threads=1)
+             random_state=3)
     return g.fit(real)
 
 
