@@ -12,7 +12,7 @@ from mlsimkit.generators.base import load
 from mlsimkit.generators.diffusion import ClavaDDPMGenerator
 from mlsimkit.icc import anova_components
 
-TINY = dict(steps=40, sample_steps=10, hidden=(32, 32), classifier_hidden=(32,), dim_t=16, batch_size=256,
+TINY = dict(steps=40, school_steps=40, classifier_steps=40, sample_steps=10, hidden=(32, 32), classifier_hidden=(32,), dim_t=16, batch_size=256,
             device="cpu")
 
 
@@ -121,9 +121,24 @@ def test_global_rng_untouched(hsb, tiny):
     torch_state = torch.random.get_rng_state().clone()
     np_state = np.random.get_state()[1].copy()
     tiny.sample(3, seed=0)
-    ClavaDDPMGenerator(n_groups=3, **{**TINY, "steps": 3}).fit(hsb.subset(hsb.parent.School[:30]))
+    ClavaDDPMGenerator(n_groups=3, **{**TINY, "steps": 3, "school_steps": 3, "classifier_steps": 3}).fit(hsb.subset(hsb.parent.School[:30]))
     assert torch.equal(torch_state, torch.random.get_rng_state())
     assert np.array_equal(np_state, np.random.get_state()[1])
+
+
+def _three_levels():
+    from mlsimkit.schema import Schema
+
+    schema = Schema.from_dict({"name": "three", "tables": {
+        "leas": {"file": "l.csv", "primary_key": "L", "columns": {"L": "id", "a": "numerical"}},
+        "schools": {"file": "s.csv", "primary_key": "S", "parent": "leas", "foreign_key": "L",
+                    "columns": {"S": "id", "L": "id", "b": "numerical"}},
+        "students": {"file": "p.csv", "primary_key": "P", "parent": "schools", "foreign_key": "S",
+                     "columns": {"P": "id", "S": "id", "c": "numerical"}}}})
+    return MultilevelData(schema, {
+        "leas": pd.DataFrame({"L": ["1", "2"], "a": [0.0, 1.0]}),
+        "schools": pd.DataFrame({"S": ["1", "2"], "L": ["1", "2"], "b": [0.0, 1.0]}),
+        "students": pd.DataFrame({"P": ["1", "2", "3"], "S": ["1", "2", "2"], "c": [0.0, 1.0, 2.0]})})
 
 
 def test_errors(hsb):
@@ -134,9 +149,9 @@ def test_errors(hsb):
     with pytest.raises(MlsimkitError, match="guidance_scale"):
         ClavaDDPMGenerator(guidance_scale=-1).fit(hsb)
     with pytest.raises(MlsimkitError, match="two levels"):
-        ClavaDDPMGenerator(**TINY).fit(ds.load("chem97"))
+        ClavaDDPMGenerator(**TINY).fit(_three_levels())
     with pytest.raises(MlsimkitError, match="n_clusters"):
-        ClavaDDPMGenerator(n_groups=3, **{**TINY, "steps": 2}).fit(hsb.subset(hsb.parent.School[:20])).sample(0, seed=1)
+        ClavaDDPMGenerator(n_groups=3, **{**TINY, "steps": 2, "school_steps": 2, "classifier_steps": 2}).fit(hsb.subset(hsb.parent.School[:20])).sample(0, seed=1)
 
 
 def test_paper_settings():

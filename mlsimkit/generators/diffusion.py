@@ -32,19 +32,23 @@ range; integer columns are rounded and the schema's ranges enforced); categorica
 why not multinomial diffusion is explained in :mod:`mlsimkit.generators._ddpm`).
 
 Settings. The defaults train all three networks on HSB in about a minute on 2 uncontended CPU cores
-(MLPs of 128 x 128 for the denoisers and 64 for the classifier, 4,000 steps for each diffusion model and
-2,000 for the classifier, T = 1000) and sample about 20,000 students a second on 2 cores with 25
-deterministic DDIM steps (50 steps halve the rate and tighten the marginals a little: on HSB the
-synthetic SES standard deviation is 0.84 at 50 steps and 0.88 at 25, real 0.78; the ICCs do not move).
+(MLPs of 128 x 128 with ReLU for the two denoisers and 64 for the classifier; 8,000 optimiser steps for
+the student model, 4,000 for the school model, 2,000 for the classifier; T = 1000) and sample about
+28,000 students a second on 2 cores with 25 deterministic DDIM steps, all students of all schools in one
+batch (see ``benchmarks/bench_diffusion.py``). 50 steps halve the rate and tighten the marginals a
+little (synthetic SD of SES 0.83 at 25 steps, 0.80 at 50, real 0.78; MathAch 7.10, 6.93, real 6.88);
+the ICCs do not move. Half the training steps widen these SDs by another 5 to 7 per cent.
 :meth:`ClavaDDPMGenerator.paper` gives ClavaDDPM's published settings (T = 2000, learning rate 6e-4,
 50 groups, large MLPs, many steps, full ancestral sampling) for a GPU.
 
-Where the ICC comes from. Without decomposition, between-school variation of a student variable can
-only come from the group's classifier guidance, so the synthetic ICC is set by the guidance scale, not
-learned: on HSB (20 groups, default settings) the MathAch ICC is about 0 with guidance off, about 0.27
-at scale 1 and about 0.45 at scale 2 (real 0.174). With decomposition the school means are generated in
-the school table and the ICC stays at 0.19-0.22 for scales 0 to 3; the guidance scale then only
-steers the binary student variables (the Minority ICC grows with it).
+Where the ICC comes from. Without decomposition, the only route for between-school variation of a
+student variable is the classifier guidance towards the school's group, so the synthetic ICC is set by
+the guidance scale rather than learned: on HSB (20 groups, default settings) the median MathAch ICC is
+0.00 with guidance off, 0.19 at scale 1, 0.37 at scale 2 and 0.49 at scale 3 (real 0.174; SES: 0.00,
+0.27, 0.49, 0.62, real 0.267). That the default scale 1 lands near the real value on HSB is luck of the
+setting (earlier configurations gave 0.18 to 0.30 at scale 1). With decomposition the school means come
+from the school model and the ICC stays at 0.17-0.19 (SES 0.23-0.24) for scales 0 to 3; the guidance
+scale then only steers the binary student variables (the Minority ICC grows with it).
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ class ClavaDDPMGenerator(Generator):
     steps : int
         Optimiser steps of the student diffusion model.
     school_steps : int, optional
-        Steps of the school model (default: ``steps``).
+        Steps of the school model (default 4,000; ``None``: ``steps``). It sees only the schools, so
+        more steps mostly memorise them.
     classifier_steps : int, optional
         Steps of the group classifier (default 2,000; ``None``: ``steps``).
     sample_steps : int or None
@@ -129,13 +134,13 @@ class ClavaDDPMGenerator(Generator):
         self,
         n_groups: int = 20,
         decompose: bool = True,
-        steps: int = 4000,
+        steps: int = 8000,
         sample_steps: int | None = 25,
         hidden: tuple = (128, 128),
         guidance_scale: float = 1.0,
         *,
         decompose_columns=None,
-        school_steps: int | None = None,
+        school_steps: int | None = 4000,
         classifier_steps: int | None = 2000,
         school_hidden: tuple | None = None,
         classifier_hidden: tuple = (64,),
