@@ -2,7 +2,7 @@
 
 Measures, with default settings and ``torch.set_num_threads(--threads)``:
 
-* training time on HSB (school model, student model, classifier), with and without decomposition;
+* training time on HSB (``--threads`` is passed as the generator's ``n_threads``) (school model, student model, classifier), with and without decomposition;
 * sampling rate (students per second) for 160 and 1,000 schools, median of ``--reps`` runs;
 * ICC(1) of MathAch and SES, real vs synthetic (median over ``--samples`` synthetic data sets), the ICC
   similarity ``1 - |cbrt(icc_syn) - cbrt(icc_real)|`` and the real-vs-real reference band: the 160 real
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
     results = {"real_icc": real, "band": band, "runs": {}}
     rows = []
     for dec in (True, False):
-        gen = ClavaDDPMGenerator(decompose=dec, device=args.device, **extra)
+        gen = ClavaDDPMGenerator(decompose=dec, device=args.device, **{"n_threads": args.threads, **extra})
         t0 = time.perf_counter()
         gen.fit(hsb)
         fit_s = time.perf_counter() - t0

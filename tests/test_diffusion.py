@@ -126,6 +126,14 @@ def test_global_rng_untouched(hsb, tiny):
     assert np.array_equal(np_state, np.random.get_state()[1])
 
 
+def test_thread_setting_restored(tiny):
+    before = torch.get_num_threads()
+    gen = ClavaDDPMGenerator(**{**TINY, "n_threads": 2})
+    gen.__dict__.update({k: v for k, v in vars(tiny).items() if k.endswith("_")})
+    gen.sample(3, seed=0)
+    assert torch.get_num_threads() == before
+
+
 def _three_levels():
     from mlsimkit.schema import Schema
 
