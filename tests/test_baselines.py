@@ -123,3 +123,12 @@ def test_parametric_overrides_fixed_size_and_errors(param, small):
         ParametricGenerator(random_slopes={"SES": "MathAch"}).fit(small)
     with pytest.raises(MlsimkitError, match="two-level"):
         ParametricGenerator().fit(ds.load("chem97"))
+
+
+def test_parametric_drops_collinear_predictors():
+    exam = ds.load("exam")  # school 'type' (single-sex) is implied by 'schgend'
+    gen = ParametricGenerator().fit(exam)
+    assert all("type[Sngl]" in e["dropped"] for e in gen.params_["student"])
+    d = _valid(gen.sample(20, seed=0))
+    single = d.parent["schgend"].astype(str) != "mixed"
+    assert (d.parent.loc[single, "type"].astype(str) == "Sngl").all()  # joint school cells are kept

@@ -20,7 +20,9 @@ estimates such a model from the real data (or takes some parameters from you) an
    The sequential factorisation gives a joint distribution of the student variables in which the
    school-level dependence of a later variable on an earlier one goes through the regression and the
    random effects of different variables are independent. Numerical predictors are used on their raw
-   scale; categorical predictors as indicator columns ``"Var[level]"`` (first level the reference).
+   scale; categorical predictors as indicator columns ``"Var[level]"`` (first level the reference);
+   a predictor that is a linear combination of earlier ones (e.g. exam's single-sex ``type``, implied by
+   ``schgend``) is left out of that model and listed under ``"dropped"``.
 
 Everything estimated lives in ``params_`` (plain numbers and arrays). ``overrides`` replaces parts of
 it after estimation, e.g. ``{"MathAch": {"coef": {"SES": 2.5}, "cov_re": [[9.0]], "sigma2": 36.0}}``
@@ -136,9 +138,9 @@ class ParametricGenerator(Generator):
         students = []
         for y in order:
             col = schema.column(y)
-            preds = list(frame)
+            preds, dropped = _independent(frame, len(pos))
             X = np.column_stack([np.ones(len(pos))] + [frame[p] for p in preds])
-            entry = {"variable": y, "kind": col.kind, "predictors": preds}
+            entry = {"variable": y, "kind": col.kind, "predictors": preds, "dropped": dropped}
             if col.is_category:
                 yc = codes_of(data.child[y], col)
                 K = len(col.levels)
@@ -281,6 +283,27 @@ class ParametricGenerator(Generator):
                 student_vals[y] = yv
                 frame[y] = yv
         return assemble(schema, lay, school_vals, student_vals, sizes)
+
+
+def _independent(frame: Mapping[str, np.ndarray], n: int) -> tuple[list[str], list[str]]:
+    """Predictors in order, skipping any that is (numerically) a linear combination of the intercept and
+    the predictors kept before it (e.g. a binary school variable determined by a categorical one)."""
+    kept, dropped = [], []
+    basis = np.ones((n, 1)) / np.sqrt(n)
+    for name, v in frame.items():
+        v = np.asarray(v, dtype=float)
+        scale = np.linalg.norm(v - v.mean())
+        if scale == 0:
+            dropped.append(name)
+            continue
+        r = v - basis @ (basis.T @ v)
+        norm = np.linalg.norm(r)
+        if norm <= 1e-8 * max(np.linalg.norm(v), 1.0):
+            dropped.append(name)
+            continue
+        kept.append(name)
+        basis = np.column_stack([basis, r / norm])
+    return kept, dropped
 
 
 def _is_pd(cov) -> bool:
