@@ -34,7 +34,7 @@ why not multinomial diffusion is explained in :mod:`mlsimkit.generators._ddpm`).
 Settings. The defaults train all three networks on HSB in about a minute on 2 uncontended CPU cores
 (MLPs of 128 x 128 with ReLU for the two denoisers and 64 for the classifier; 8,000 optimiser steps for
 the student model, 4,000 for the school model, 2,000 for the classifier; T = 1000) and sample about
-28,000 students a second on 2 cores with 25 deterministic DDIM steps, all students of all schools in one
+26,000 students a second on 2 cores with 25 deterministic DDIM steps, all students of all schools in one
 batch (see ``benchmarks/bench_diffusion.py``). 50 steps halve the rate and tighten the marginals a
 little (synthetic SD of SES 0.83 at 25 steps, 0.80 at 50, real 0.78; MathAch 7.10, 6.93, real 6.88);
 the ICCs do not move. Half the training steps widen these SDs by another 5 to 7 per cent.
@@ -44,11 +44,12 @@ the ICCs do not move. Half the training steps widen these SDs by another 5 to 7 
 Where the ICC comes from. Without decomposition, the only route for between-school variation of a
 student variable is the classifier guidance towards the school's group, so the synthetic ICC is set by
 the guidance scale rather than learned: on HSB (20 groups, default settings) the median MathAch ICC is
-0.00 with guidance off, 0.19 at scale 1, 0.37 at scale 2 and 0.49 at scale 3 (real 0.174; SES: 0.00,
-0.27, 0.49, 0.62, real 0.267). That the default scale 1 lands near the real value on HSB is luck of the
-setting (earlier configurations gave 0.18 to 0.30 at scale 1). With decomposition the school means come
-from the school model and the ICC stays at 0.17-0.19 (SES 0.23-0.24) for scales 0 to 3; the guidance
-scale then only steers the binary student variables (the Minority ICC grows with it).
+0.00 with guidance off, 0.20-0.23 at scale 1, 0.40 at scale 2 and 0.51 at scale 3 (real 0.174; SES:
+0.00, 0.23-0.29, 0.48, 0.61, real 0.267). That the default scale 1 lands near the real value on HSB is
+luck of the setting (other network sizes and step counts gave 0.18 to 0.30 at scale 1). With
+decomposition the school means come from the school model and the MathAch ICC stays at 0.16-0.20 (SES
+0.22-0.26) for scales 0 to 3; the guidance scale then mainly steers the binary student variables (the
+Minority ICC grows with it).
 """
 
 from __future__ import annotations
@@ -123,10 +124,11 @@ class ClavaDDPMGenerator(Generator):
         Seed of training (mixture, network initialisation, mini-batches); the same seed gives the same
         fitted generator on the same device.
     n_threads : int or None
-        Torch CPU threads during ``fit`` and ``sample``, restored afterwards; ``None`` leaves torch's
-        setting. Default 1: the networks are small, so a second thread gains little on an idle machine
-        (a sampling step's matrix products are about 8 ms either way for 7,000 students), while on a
-        busy shared machine two threads were several times slower than one.
+        Torch CPU threads during ``fit`` and ``sample``, restored afterwards; ``None`` (default) leaves
+        torch's setting (all cores). On an idle 2-core machine 2 threads sample about 26,000 students/s
+        and 1 thread 14,000-18,000; but on a busy shared machine two threads can be many times slower
+        than one (threads wait for each other), so use 1 there and in simulation workers that each
+        own one core.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     verbose : bool
@@ -158,7 +160,7 @@ class ClavaDDPMGenerator(Generator):
         batch_size: int = 1024,
         sample_batch: int = 200_000,
         random_state: int = 0,
-        n_threads: int | None = 1,
+        n_threads: int | None = None,
         device: str = "auto",
         verbose: bool = False,
     ):
