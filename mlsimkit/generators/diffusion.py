@@ -69,8 +69,10 @@ from ..errors import MlsimkitError
 from ._ddpm import Denoiser, GaussianDiffusion, NoisyClassifier, TableCodec, seeded_init, torch_threads, train_loop
 from .base import Generator, as_rng, make_ids, torch_seed
 
-#: ClavaDDPM's published configuration (Pang et al. 2024; T = 2000 and lr = 6e-4 are also stated by
-#: Suk et al.). Meant for a GPU: on 2 CPU cores training takes hours.
+#: ClavaDDPM's published configuration as we recall it from Pang et al. (2024) and their default
+#: configuration (network widths, step counts, batch size and classifier settings should be checked
+#: against the paper's appendix before quoting them); T = 2000, lr = 6e-4 and 50 groups are stated by
+#: Suk et al. Meant for a GPU: on 2 CPU cores training takes hours.
 PAPER_SETTINGS = dict(
     n_groups=50, steps=100_000, school_steps=100_000, classifier_steps=20_000, sample_steps=None, eta=1.0,
     hidden=(512, 1024, 1024, 1024, 1024, 512), classifier_hidden=(128, 256, 512, 1024, 512, 256, 128),
