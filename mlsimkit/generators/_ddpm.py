@@ -245,20 +245,6 @@ class GaussianDiffusion:
 
 # ===================================================================== training helpers
 @contextmanager
-def torch_threads(n: int | None):
-    """Run the block with ``n`` torch CPU threads (None: unchanged), then restore the previous setting."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
 def seeded_init(seed: int):
     """Initialise networks from ``seed`` without touching the caller's global torch RNG state."""
     with torch.random.fork_rng(devices=[]):

@@ -8,6 +8,7 @@ another format version is refused with a clear error. The same seed gives the sa
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,28 @@ def as_rng(seed: Any) -> np.random.Generator:
 def torch_seed(rng: np.random.Generator) -> int:
     """An integer seed for a ``torch.Generator`` drawn from a numpy Generator."""
     return int(rng.integers(0, 2**63 - 1))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch (and BLAS / OpenMP) CPU threads (None: unchanged), then restore.
+
+    Generators default to one thread where a busy two-core machine made two threads many times slower
+    (oversubscription), and simulation workers each own one core.
+    """
+    if n is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        with threadpool_limits(int(n)):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_ids(prefix: str, n: int) -> np.ndarray:

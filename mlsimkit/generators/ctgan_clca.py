@@ -63,27 +63,9 @@ from .. import clca
 from ..data import MultilevelData
 from ..errors import MlsimkitError
 from ._assemble import assemble, codes_of, finish_numeric, two_level
-from .base import Generator, as_rng, torch_seed
+from .base import Generator, as_rng, torch_seed, torch_threads
 
 ALIGNMENTS = ("clca", "naive", "none")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with ``n`` torch (and BLAS / OpenMP) CPU threads (None: unchanged), then restore."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        with threadpool_limits(int(n)):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

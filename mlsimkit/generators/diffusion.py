@@ -66,7 +66,8 @@ from sklearn.mixture import GaussianMixture
 from .. import decompose as _dec
 from ..data import MultilevelData
 from ..errors import MlsimkitError
-from ._ddpm import Denoiser, GaussianDiffusion, NoisyClassifier, TableCodec, seeded_init, torch_threads, train_loop
+from ._ddpm import Denoiser, GaussianDiffusion, NoisyClassifier, TableCodec, seeded_init, train_loop
+from .base import torch_threads
 from .base import Generator, as_rng, make_ids, torch_seed
 
 #: ClavaDDPM's published configuration as we recall it from Pang et al. (2024) and their default
