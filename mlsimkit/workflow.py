@@ -391,21 +391,25 @@ def findings(study: Study, summary: pd.DataFrame) -> str:
     """Plain-language statements computed from this build's numbers (markdown bullets)."""
     lines = []
     if study.objective == "prediction":
+        res, _ = simulation_results(study)
+        res = res[res["status"].isin(USABLE) & (res["parameter"] == "PMSE")]
         d = summary[summary["measure"] == "pmse"]
         for src, sub in d.groupby("source", sort=False):
             wins, n_cond = [], 0
             for n, cond in sub.groupby("n_schools"):
                 n_cond += 1
                 cond = cond.sort_values("value")
-                best, second = cond.iloc[0], cond.iloc[1]
-                gap = second["value"] - best["value"]
-                se = float(np.hypot(best["mcse"], second["mcse"]))
-                wins.append((n, best["method"], gap, se))
+                best, second = cond.iloc[0]["method"], cond.iloc[1]["method"]
+                # methods see the same data sets: the MCSE of the difference is that of the paired differences
+                r = res[(res["source"] == src) & (res["n_schools"] == n)].pivot_table(
+                    index="rep", columns="method", values="pred_error")
+                diff = (r[second] - r[best]).dropna()
+                wins.append((n, best, diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))))
             counts = pd.Series([w[1] for w in wins]).value_counts()
             top = counts.index[0]
             clear = sum(1 for w in wins if w[1] == top and w[2] > 2 * w[3])
-            lines.append(f"- **{src}**: the {top} rule has the lowest PMSE in {counts.iloc[0]} of {n_cond} conditions "
-                         f"(by more than 2 MCSE of the difference, computed as if independent, in {clear}).")
+            lines.append(f"- **{src}**: the {top} rule has the lowest PMSE in {counts.iloc[0]} of {n_cond} conditions, "
+                         f"ahead of the runner-up by more than 2 MCSE of the paired difference in {clear}.")
             for m, ms in sub.groupby("method", sort=False):
                 ms = ms.sort_values("n_schools")
                 lo, hi = ms.iloc[0], ms.iloc[-1]
