@@ -122,7 +122,7 @@ class MultilevelData:
     def equals(self, other: "MultilevelData") -> bool:
         """Same tables, keys and columns, and the same rows in every table (row order and file names
         ignored)."""
-        if _structure(self.schema) != _structure(other.schema):
+        if not self.schema.same_structure(other.schema):
             return False
         for name in self.levels:
             a, b = (_sorted(d.tables[name], self.schema.tables[name]) for d in (self, other))
@@ -435,6 +435,3 @@ def _coerce(frame: pd.DataFrame, t: Table, problems: list, file) -> pd.DataFrame
 def _sorted(df: pd.DataFrame, t: Table) -> pd.DataFrame:
     return df.sort_values(list(t.primary_key), kind="stable").reset_index(drop=True)
 
-
-def _structure(schema: Schema) -> list:
-    return [(t.name, t.primary_key, t.parent, t.foreign_key, t.columns) for t in schema.tables.values()]

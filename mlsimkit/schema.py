@@ -234,6 +234,15 @@ class Schema:
                 return t.name
         raise SchemaError(f"schema '{self.name}': column '{column}' is not a declared variable")
 
+    def same_structure(self, other: "Schema") -> bool:
+        """Same tables, keys, parents and column declarations (names, files, descriptions and policies
+        may differ): data of one schema can stand for data of the other."""
+        def key(sch):
+            return [(t.name, t.primary_key, t.parent, t.foreign_key,
+                     [(c.name, c.kind, c.min, c.max, c.levels, c.integer) for c in t.columns.values()])
+                    for t in (sch.tables[n] for n in sch.levels)]
+        return isinstance(other, Schema) and key(self) == key(other)
+
     def to_frame(self) -> pd.DataFrame:
         """The schema as a table: one row per column, with its level, kind, range and levels."""
         rows = []

@@ -122,3 +122,11 @@ def test_join_as_one_round_trip_property(frames):
     pd.testing.assert_frame_equal(back.join_as_one(), joined)
     for name in data.levels:
         pd.testing.assert_frame_equal(back[name], data[name])
+
+
+def test_same_structure_ignores_files_and_descriptions(tmp_path, hsb):
+    hsb.to_csv(tmp_path)
+    again = MultilevelData.from_csv(tmp_path)
+    assert again.schema != hsb.schema  # file names and description differ
+    assert again.schema.same_structure(hsb.schema)
+    assert not ds.schema("exam").same_structure(hsb.schema)

@@ -351,7 +351,7 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
     syn = _as_dict(synthetic)
     for name, lst in syn.items():
         for i, s in enumerate(lst):
-            if s.schema != real.schema:
+            if not s.schema.same_structure(real.schema):
                 raise MlsimkitError(f"synthetic[{name!r}][{i}]: its schema differs from the real data's schema "
                                     f"'{real.schema.name}'")
     eff_ref = min(3, reference_splits) if efficacy_reference_splits is None else efficacy_reference_splits
