@@ -255,7 +255,7 @@ def seeded_init(seed: int):
 def train_loop(loss_fn, params, *, steps: int, lr: float, weight_decay: float, desc: str, progress,
                log_every: int = 50) -> list[tuple[int, float]]:
     """AdamW with a linearly decaying learning rate; returns (step, mean loss since last record)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar: tqdm.auto needs ipywidgets inside notebooks
 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     hist, acc, cnt = [], 0.0, 0

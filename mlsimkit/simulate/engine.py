@@ -336,7 +336,7 @@ def _check_picklable(obj: Any, what: str, backend: str) -> None:
 
 # ------------------------------------------------------------------------------------------- progress
 def _progress_bar(progress, total, initial):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar: tqdm.auto needs ipywidgets inside notebooks
 
     if progress is None:
         interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
