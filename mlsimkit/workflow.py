@@ -37,7 +37,7 @@ from . import demonstrations as demo
 from . import generators as G
 from .data import MultilevelData
 from .errors import ParamsError
-from .io import write_text
+from .io import atomic_path, write_text
 from .study import Study
 
 TRADITIONAL = "traditional"
@@ -226,8 +226,6 @@ def simulate(study: Study, data: MultilevelData, *, which: str = "4-simulate", n
         truths.append(t)
     results = pd.concat(results, ignore_index=True)
     truth = pd.concat(truths, ignore_index=True)
-    from .io import atomic_path
-
     with atomic_path(study.path(which, "results.parquet")) as tmp:
         results.to_parquet(tmp, index=False)
     with atomic_path(study.path(which, "truth.csv")) as tmp:
@@ -317,8 +315,6 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         log(f"[mlsimkit] ablation {scen}: done")
     qual = pd.concat(qual, ignore_index=True)
     perf = pd.concat(perf, ignore_index=True)
-    from .io import atomic_path
-
     for frame, fname in ((qual, "quality.csv"), (perf, "simulation.csv")):
         with atomic_path(study.path("6-robustness", fname)) as tmp:
             frame.to_csv(tmp, index=False)
