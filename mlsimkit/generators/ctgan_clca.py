@@ -209,8 +209,12 @@ class CTGANGenerator(Generator):
             verbose=self.verbose, epochs=self.epochs, pac=self.pac, enable_gpu=False,
         )
         t0 = time.perf_counter()
-        with warnings.catch_warnings(), joblib.parallel_config(backend="threading"), torch_threads(self.n_threads):
-            # threads, not ctgan's default process pool, for the data transform: cheaper on few cores
+        with seeded_global_rngs(int(self.random_state)), warnings.catch_warnings(), \
+                joblib.parallel_config(backend="sequential"), torch_threads(self.n_threads):
+            # ctgan initialises its networks, and rdt fits and applies its mode-specific normalisation
+            # (Bayesian Gaussian mixtures, random mode assignment), from the global generators: seeded here,
+            # and the per-column transforms run sequentially (parallel workers would race for the shared
+            # generator), so the same random_state gives the same model
             warnings.simplefilter("ignore")
             model.set_random_state(int(self.random_state))
             model.fit(train, discrete)
