@@ -17,8 +17,9 @@ stage            writes
 6-robustness     ``6-robustness/quality.csv``, ``6-robustness/simulation.csv``
 ===============  ==============================================================================
 
-Trained generators are also cached under ``<root>/runs/_models/`` keyed by a fingerprint of the training
-data and the settings, so two studies on the same data with the same settings train once.
+Trained generators are also cached under ``<root>/runs/_models/`` keyed by fingerprints of the training
+data and of the generators' code, and by the settings, so two studies on the same data with the same
+settings train once, and a code change retrains.
 """
 
 from __future__ import annotations
@@ -70,11 +71,22 @@ def half_of_schools(data: MultilevelData, seed: int) -> MultilevelData:
     return data.subset(keep)
 
 
+def code_fingerprint() -> str:
+    """A short hash of the generators' source code (the model cache is invalid when it changes)."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in sorted([*(here / "generators").glob("*.py"), here / "decompose.py", here / "clca.py"]):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def train_one(study: Study, data: MultilevelData, name: str, settings: dict, *, log: Callable = print):
-    """Fit generator ``name`` with ``settings`` (cached by data fingerprint and settings)."""
+    """Fit generator ``name`` with ``settings``, cached by the data's and the code's fingerprints and the
+    settings."""
     settings = dict(settings or {})
     kind = settings.pop("generator", name)
-    key = hashlib.sha256(json.dumps([kind, settings, fingerprint(data)], sort_keys=True, default=str).encode())
+    key = hashlib.sha256(json.dumps([kind, settings, fingerprint(data), code_fingerprint()], sort_keys=True,
+                                    default=str).encode())
     cache = study.root / "runs" / "_models" / f"{kind}-{key.hexdigest()[:16]}.pkl"
     if cache.is_file():
         gen = G.load(cache)
