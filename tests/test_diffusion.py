@@ -162,6 +162,35 @@ def test_errors(hsb):
         ClavaDDPMGenerator(n_groups=3, **{**TINY, "steps": 2, "school_steps": 2, "classifier_steps": 2}).fit(hsb.subset(hsb.parent.School[:20])).sample(0, seed=1)
 
 
+@pytest.mark.parametrize("hidden", [(32, 16), (16,), ()])
+def test_fast_inference_equals_autograd(hidden):
+    """The sampler's hand-written forward (merged first layer, addmm) and classifier-gradient backward
+    give what the modules and autograd give."""
+    from mlsimkit.generators._ddpm import Denoiser, NoisyClassifier
+
+    torch.manual_seed(0)
+    den, clf = Denoiser(6, hidden, 8, n_classes=3), NoisyClassifier(6, 4, hidden, 8)
+    x, t, y = torch.randn(50, 6), torch.full((1,), 30), torch.randint(0, 4, (50,))
+    assert torch.allclose(den(x, t, y % 3), den.infer(x, den.embedding(t, y % 3)), atol=1e-6)
+    xg = x.clone().requires_grad_(True)
+    logp = torch.log_softmax(clf(xg, t), dim=1).gather(1, y[:, None]).sum()
+    grad = torch.autograd.grad(logp, xg)[0]
+    assert torch.allclose(grad, clf.log_prob_grad(x, clf.embedding(t), y), atol=1e-6)
+
+
+def test_sample_block_changes_only_rounding(tiny):
+    a = tiny.sample(30, seed=3)
+    tiny.sample_block = 7
+    try:
+        b = tiny.sample(30, seed=3)
+    finally:
+        tiny.sample_block = 2048
+    pd.testing.assert_frame_equal(a.parent, b.parent, atol=1e-4)
+    num = ["SES", "MathAch"]
+    assert (a.child[num] - b.child[num]).abs().to_numpy().max() < 1e-3
+    assert (a.child.drop(columns=num) == b.child.drop(columns=num)).to_numpy().mean() > 0.99
+
+
 def test_paper_settings():
     g = ClavaDDPMGenerator.paper(steps=10)
     assert g.n_groups == 50 and g.timesteps == 2000 and g.lr == 6e-4 and g.steps == 10

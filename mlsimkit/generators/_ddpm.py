@@ -146,12 +146,43 @@ class _TimeConditioned(nn.Module):
         self.label = nn.Embedding(n_classes, dim_t) if n_classes else None
         self.net = _mlp(dim_t, hidden, d_out, dropout)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        # t: shape (n,) or (1,) (one timestep for the whole batch: embedded once and broadcast)
+    def embedding(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Time embedding (plus label embedding when the network has labels and ``y`` is given)."""
         emb = self.time(timestep_embedding(t, self.dim_t))
         if self.label is not None and y is not None:
             emb = emb + self.label(y)
-        return self.net(self.proj(x) + emb)
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        # t: shape (n,) or (1,) (one timestep for the whole batch: embedded once and broadcast)
+        return self.net(self.proj(x) + self.embedding(t, y))
+
+    def _linears(self) -> list[nn.Linear]:
+        return [self.proj] + [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor, emb: torch.Tensor, *, keep: bool = False):
+        """``forward(x, t, y)`` for sampling, given ``emb = embedding(t, y)``; equal up to rounding.
+
+        Two savings, both exact algebra: ``proj`` and the first hidden layer have no activation between
+        them, so they are merged into one ``d_in x h1`` layer (for a 6-column table and ``h1 = 128`` this
+        removes a third of the multiply-adds); and the layers run as fused ``addmm`` with in-place ReLU,
+        which on a CPU is much faster than the module chain on cache-sized row blocks. Dropout is skipped
+        (inference). With ``keep`` also returns the merged weight and the ReLU masks, which
+        :meth:`NoisyClassifier.log_prob_grad` needs for its backward pass.
+        """
+        proj, *layers = self._linears()
+        w = layers[0].weight @ proj.weight
+        h = torch.addmm(torch.addmm(layers[0].bias, proj.bias + emb, layers[0].weight.t()), x, w.t())
+        masks = []
+        for j, layer in enumerate(layers):
+            if j:
+                h = torch.addmm(layer.bias, h, layer.weight.t())
+            if j < len(layers) - 1:
+                h.relu_()
+                if keep:
+                    masks.append(h > 0)
+        return (h, w, masks) if keep else h
 
 
 class Denoiser(_TimeConditioned):
@@ -166,6 +197,22 @@ class NoisyClassifier(_TimeConditioned):
 
     def __init__(self, d_in: int, n_classes: int, hidden=(128, 128), dim_t: int = 128, dropout: float = 0.0):
         super().__init__(d_in, hidden, n_classes, dim_t, 0, dropout)
+
+    @torch.no_grad()
+    def log_prob_grad(self, x: torch.Tensor, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``grad_x log p(y | x, t)`` per row (``emb = embedding(t)``), by a hand-written backward pass.
+
+        ``d log softmax(z)_y / dz = onehot(y) - softmax(z)``, then back through each linear layer
+        (multiply by its weight) and ReLU (keep where the unit was active). Equal to autograd's gradient
+        up to rounding (tested) and several times cheaper on a CPU than building the autograd graph at
+        every sampling step."""
+        logits, w, masks = self.infer(x, emb, keep=True)
+        g = torch.softmax(logits, dim=1).neg_()
+        g.scatter_add_(1, y[:, None], torch.ones_like(g[:, :1]))
+        layers = self._linears()[1:]
+        for j in range(len(layers) - 1, 0, -1):
+            g = (g @ layers[j].weight).mul_(masks[j - 1])
+        return g @ w
 
 
 # ===================================================================== diffusion
@@ -207,39 +254,47 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model, n: int, dim: int, *, gen, device, y=None, lo=None, hi=None, steps=50, eta=0.0,
-               classifier=None, guidance_scale: float = 0.0, guide_y=None) -> torch.Tensor:
+               classifier=None, guidance_scale: float = 0.0, guide_y=None, block: int = 2048) -> torch.Tensor:
         """DDIM sampling of ``n`` rows on the strided timesteps; optional label ``y`` for a conditional
         model and classifier guidance towards ``guide_y``.
 
-        ``eta`` = 0 is deterministic DDIM; ``eta`` = 1 with all T steps is ancestral DDPM sampling.
+        ``eta`` = 0 is deterministic DDIM; ``eta`` = 1 with all T steps is ancestral DDPM sampling. Each
+        step runs over blocks of ``block`` rows, so the networks' intermediate activations stay in the CPU
+        cache (about 1.3 times faster than one pass over all rows at HSB's sizes); rows do not interact,
+        so the block size changes the result only by floating-point rounding.
         """
         x = torch.randn((n, dim), generator=gen, device=device)
         ts = self.timesteps(steps)
         lo_t = None if lo is None else torch.as_tensor(lo, device=device)
         hi_t = None if hi is None else torch.as_tensor(hi, device=device)
         guide = classifier is not None and guidance_scale != 0.0 and guide_y is not None
+        block = max(1, int(block))
         for i, t in enumerate(ts):
             ab = float(self.abar[t])
+            last = i + 1 == len(ts)
+            ab_next = 1.0 if last else float(self.abar[ts[i + 1]])
+            sigma = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)) if eta and not last else 0.0
+            noise = torch.randn(x.shape, generator=gen, device=device) if sigma else None
             tt = torch.full((1,), int(t), dtype=torch.long, device=device)
-            eps = model(x, tt, y)
-            if guide:
-                with torch.enable_grad():
-                    xg = x.detach().requires_grad_(True)
-                    logp = torch.log_softmax(classifier(xg, tt), dim=1)
-                    sel = logp.gather(1, guide_y[:, None]).sum()
-                    grad = torch.autograd.grad(sel, xg)[0]
-                eps = eps - math.sqrt(1 - ab) * guidance_scale * grad
-            x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-            if lo_t is not None:
-                x0 = torch.clamp(x0, lo_t, hi_t)
-                eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
-            if i + 1 == len(ts):
-                return x0
-            ab_next = float(self.abar[ts[i + 1]])
-            sigma = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)) if eta else 0.0
-            x = math.sqrt(ab_next) * x0 + math.sqrt(max(1 - ab_next - sigma**2, 0.0)) * eps
-            if sigma:
-                x = x + sigma * torch.randn(x.shape, generator=gen, device=device)
+            emb = model.embedding(tt, y)
+            cemb = classifier.embedding(tt) if guide else None
+            for a in range(0, n, block):
+                b = min(n, a + block)
+                xb = x[a:b]
+                eps = model.infer(xb, emb if emb.shape[0] == 1 else emb[a:b])
+                if guide:
+                    eps -= math.sqrt(1 - ab) * guidance_scale * classifier.log_prob_grad(xb, cemb, guide_y[a:b])
+                x0 = (xb - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+                if lo_t is not None:
+                    x0 = torch.clamp(x0, lo_t, hi_t)
+                    eps = (xb - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+                if last:
+                    x[a:b] = x0
+                    continue
+                xb = math.sqrt(ab_next) * x0 + math.sqrt(max(1 - ab_next - sigma**2, 0.0)) * eps
+                if sigma:
+                    xb += sigma * noise[a:b]
+                x[a:b] = xb
         return x
 
 
