@@ -22,7 +22,7 @@ theirs is used. The generative process for a parent table (schools) and a child 
    group frequencies, the school row from the school model given the group, its size from the group's
    size distribution, then all students of all schools in one batch from the student model with
    classifier guidance towards their school's group (``eps <- eps - sqrt(1-abar_t) * s * grad log p``,
-   ``s`` = ``guidance_scale``), by DDIM on ``sample_steps`` strided steps. Finally the decomposition is
+   ``s`` = ``guidance_scale``), by stochastic DDIM on ``sample_steps`` strided steps. Finally the decomposition is
    undone with re-centring, so each synthetic school's mean of a decomposed variable is exactly the
    generated school mean.
 
@@ -34,22 +34,29 @@ why not multinomial diffusion is explained in :mod:`mlsimkit.generators._ddpm`).
 Settings. The defaults train all three networks on HSB in about a minute on 2 uncontended CPU cores
 (MLPs of 128 x 128 with ReLU for the two denoisers and 64 for the classifier; 8,000 optimiser steps for
 the student model, 4,000 for the school model, 2,000 for the classifier; T = 1000) and sample about
-26,000 students a second on 2 cores with 25 deterministic DDIM steps, all students of all schools in one
-batch (see ``benchmarks/bench_diffusion.py``). 50 steps halve the rate and tighten the marginals a
-little (synthetic SD of SES 0.83 at 25 steps, 0.80 at 50, real 0.78; MathAch 7.10, 6.93, real 6.88);
-the ICCs do not move. Half the training steps widen these SDs by another 5 to 7 per cent.
-:meth:`ClavaDDPMGenerator.paper` gives ClavaDDPM's published settings (T = 2000, learning rate 6e-4,
-50 groups, large MLPs, many steps, full ancestral sampling) for a GPU.
+28,000-31,000 students a second on **one** core with 25 stochastic DDIM steps (``eta = 1``; see
+``benchmarks/bench_diffusion.py``). Sampling runs the networks through a hand-written inference path
+(:meth:`~mlsimkit.generators._ddpm._TimeConditioned.infer`, the classifier gradient by an explicit
+backward pass) on cache-sized row blocks, about 1.8 times faster than the torch modules and autograd.
+More steps tighten the marginals a little (synthetic SD of MathAch 6.43 at 25 steps, 6.55 at 50, 6.71 at
+100, real 6.88); the ICCs do not move. :meth:`ClavaDDPMGenerator.paper` gives ClavaDDPM's published
+settings (T = 2000, learning rate 6e-4, 50 groups, large MLPs, many steps, full ancestral sampling) for a
+GPU.
 
 Where the ICC comes from. Without decomposition, the only route for between-school variation of a
-student variable is the classifier guidance towards the school's group, so the synthetic ICC is set by
-the guidance scale rather than learned: on HSB (20 groups, default settings) the median MathAch ICC is
-0.00 with guidance off, 0.20-0.23 at scale 1, 0.40 at scale 2 and 0.51 at scale 3 (real 0.174; SES:
-0.00, 0.23-0.29, 0.48, 0.61, real 0.267). That the default scale 1 lands near the real value on HSB is
-luck of the setting (other network sizes and step counts gave 0.18 to 0.30 at scale 1). With
-decomposition the school means come from the school model and the MathAch ICC stays at 0.16-0.20 (SES
-0.22-0.26) for scales 0 to 3; the guidance scale then mainly steers the binary student variables (the
-Minority ICC grows with it).
+student variable is the classifier guidance towards the school's group. A sampler that draws students
+exactly from ``p(student | group)`` gives every school of a group the same student distribution, so the
+synthetic ICC is then the real data's *between-group share* of the variance (the variance of the group
+means over the total), which is necessarily below the ICC: on HSB with 10 groups 0.086 for MathAch (real
+ICC 0.174) and 0.100 for SES (real 0.267). That is the paper's failure, and our default sampler
+reproduces it (medians 0.095 and 0.115; ICC similarity 0.90 and 0.84 against a real-vs-real band whose
+2.5% quantile is 0.91 and 0.92). Deterministic DDIM (``eta = 0``) with few steps does *not* sample that
+conditional: it exaggerates the guidance about twofold (0.196 and 0.189 at 25 steps, 0.128 and 0.122 at
+100, against 0.100 and 0.117 with ``eta = 1`` at 25 steps and 0.076 and 0.094 at 100), and so lands near
+the real ICC by accident of the setting. This is why ``eta = 1`` is the default. Scale 0 switches the
+group information off (ICC 0.00), scale 2 overshoots (0.25, 0.29). With decomposition the school means
+come from the school model, and the MathAch ICC is 0.196-0.199 (SES 0.275-0.278) for every scale from 0
+to 2; the guidance scale then mainly steers the binary student variables.
 """
 
 from __future__ import annotations
@@ -132,8 +139,9 @@ class ClavaDDPMGenerator(Generator):
         fitted generator on the same device.
     n_threads : int or None
         Torch CPU threads during ``fit`` and ``sample``, restored afterwards; ``None`` (default) leaves
-        torch's setting (all cores). On an idle 2-core machine 2 threads sample about 26,000 students/s
-        and 1 thread 14,000-18,000; but on a busy shared machine two threads can be many times slower
+        torch's setting (all cores). On an idle 2-core machine 1 thread samples 26,000-31,000 students/s
+        and 2 threads 22,000 (160 schools) to 38,000 (1,000 schools); on a busy shared machine two threads
+        can be many times slower
         than one (threads wait for each other), so use 1 there and in simulation workers that each
         own one core.
     device : str
