@@ -91,6 +91,19 @@ def _copy_sources(root: Path, out: Path) -> None:
             shutil.copy2(src, out / item)
 
 
+def _kernel_manager_class():
+    """A Jupyter kernel manager that talks to the kernel over local IPC sockets instead of TCP: the kernel
+    is on this machine anyway, and over TCP ipykernel warns at every start that traffic is unencrypted."""
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def execute(template: Path, target: Path, parameters: dict, *, cwd: Path, log=print) -> Path:
     """Execute one notebook template into ``target`` (atomically); raise :class:`NotebookFailed`."""
     import papermill as pm
@@ -105,7 +118,8 @@ def execute(template: Path, target: Path, parameters: dict, *, cwd: Path, log=pr
     log(f"[mlsimkit] running {label} ...")
     try:
         pm.execute_notebook(str(template), str(tmp), parameters=parameters, kernel_name="python3",
-                            cwd=str(cwd), progress_bar=False, log_output=False)
+                            cwd=str(cwd), progress_bar=False, log_output=False,
+                            kernel_manager_class=_kernel_manager_class())
     except pm.PapermillExecutionError as exc:
         os.replace(tmp, failed)
         if target.exists():

@@ -316,6 +316,11 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         rep = quality.evaluate(data, cands, reference_splits=0, efficacy=q.get("efficacy", "fast"),
                                privacy=False, seed001=False, seed=int(study["seed"]))
         qs = rep.summary()
+        iccs = rep.table[rep.table["metric"].eq("ICC similarity")]
+        qs = pd.concat([qs, pd.DataFrame({
+            "dataset": iccs["dataset"], "domain": "ICC", "level": iccs["level"], "item": iccs["variables"],
+            "value": iccs["value"], "sd": iccs["sd"], "icc_real": iccs["stat_real"], "icc_syn": iccs["stat_syn"]})],
+            ignore_index=True)
         qs.insert(0, "scenario", scen)
         qual.append(qs)
         src = {"synthetic": source(study, data, scen, path, truth_model)}
@@ -336,6 +341,16 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
 def ablation_quality_table(qual: pd.DataFrame) -> pd.DataFrame:
     """Table 4: headline score per domain and level (rows) and scenario (columns)."""
     return headline(qual).pivot_table(index=["domain", "item"], columns="scenario", values="value", sort=False)
+
+
+def ablation_icc_table(qual: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The ICC per variable: real, and synthetic (mean over the candidates) with its ICC similarity in
+    parentheses, per scenario: the paper's reason for the decomposition, shown per variable."""
+    sub = qual[qual["domain"].eq("ICC")]
+    cells = sub.assign(cell=[f"{a:.{digits}f} ({b:.{digits}f})" for a, b in zip(sub["icc_syn"], sub["value"])])
+    out = cells.pivot_table(index=["level", "item"], columns="scenario", values="cell", aggfunc="first", sort=False)
+    real = sub.groupby(["level", "item"], sort=False)["icc_real"].first().round(digits)
+    return out.assign(real=real.astype(str))[["real", *out.columns]].rename_axis(index=["level", "variable"])
 
 
 def ablation_performance_table(perf: pd.DataFrame, measures=("pmse",), digits: int = 3) -> pd.DataFrame:

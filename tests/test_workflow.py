@@ -91,3 +91,19 @@ def test_ablation_performance_table_formats_value_and_mcse():
                          "mcse": [0.854, 0.823]})
     t = wf.ablation_performance_table(perf, ("pmse",))
     assert t.loc[("Multilevel", "PMSE", "pmse"), "original"] == "40.483 (0.854)"
+
+
+def test_ablation_icc_table_shows_real_and_synthetic_icc_per_scenario():
+    qual = pd.DataFrame({
+        "scenario": ["original", "original", "no-decomposition", "no-decomposition", "original"],
+        "domain": ["ICC", "ICC", "ICC", "ICC", "between-table"],
+        "level": ["schools→students"] * 4 + ["schools→students"],
+        "item": ["MathAch", "SES", "MathAch", "SES", "between-table fidelity"],
+        "value": [0.974, 0.991, 0.899, 0.843, 0.93],
+        "icc_real": [0.1736, 0.2666, 0.1736, 0.2666, None],
+        "icc_syn": [0.199, 0.278, 0.095, 0.115, None]})
+    t = wf.ablation_icc_table(qual)
+    assert list(t.columns) == ["real", "original", "no-decomposition"]
+    assert t.loc[("schools→students", "MathAch"), "real"] == "0.174"
+    assert t.loc[("schools→students", "SES"), "no-decomposition"] == "0.115 (0.843)"
+    assert len(t) == 2  # other domains are not ICC rows
