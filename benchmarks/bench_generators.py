@@ -14,22 +14,25 @@ Figures printed (medians over ``--reps`` timed calls; the machine is shared, so 
   of the synthetic school table against the real one, under each alignment applied to the same raw
   CTGAN rows (``--seeds`` samples of 160 schools), plus CP-SAT status and solve time.
 
-Measured 2026-11-23 on the shared 2-core machine (HSB, 160 schools per data set; quiet machine unless
-noted, single runs for training, medians of 5-20 calls for sampling):
+Measured 2026-11-23 on the 2-core machine, idle apart from this benchmark (HSB, 160 schools per data set;
+single runs for training, medians of 5-20 calls for sampling; torch's default two threads):
 
 ==========  =============  ==================  ==================  =================
 generator   fit            fresh students/s    pool(5000) build    pooled students/s
 ==========  =============  ==================  ==================  =================
-bootstrap   0.002 s        1.2e6               0.2 s               1.4e6
-parametric  2.9 s          4.3e5               0.7 s               1.3e6
-ctgan       66 s (30 ep.)  1.8e4               24 s (busy)         1.2e6 (busy)
-clavaddpm   853 s (busy)   6.7e2 (busy)        282 s (busy)        4.9e5 (busy)
+bootstrap   0.0015 s       1.4e6               0.19 s              1.4e6
+parametric  1.3 s          8.0e5               0.35 s              1.4e6
+ctgan       95 s (50 ep.)  2.3e4               20 s                1.3e6
+clavaddpm   63 s           2.4e4               7.3 s               1.2e6
 ==========  =============  ==================  ==================  =================
 
-CTGAN with torch's default two threads on the busy machine: 1230 s for 30 epochs (64 s per epoch,
-against 4 s single-threaded; hence ``n_threads=1``). CLCA vs naive vs none (mean KS / TV complement
-over the six school-level variables): 1.000 / 0.615 / 0.854 at 160 schools, 0.992 / 0.653 / 0.903 at
-60, 0.999 / 0.651 / 0.920 at 500. CP-SAT: OPTIMAL for Sector and HIMINTY in every sample, 0.03-0.09 s
+The diffusion generator samples 26,000-31,000 students/s on *one* thread (``bench_diffusion.py``), the
+setting the study params use.
+
+CTGAN with torch's default two threads on a busy machine (earlier run): 1230 s for 30 epochs (64 s per
+epoch, against 4 s single-threaded; hence ``n_threads=1``). CLCA vs naive vs none (mean KS / TV
+complement over the six school-level variables): 1.000 / 0.648 / 0.862 at 160 schools (1.000 / 0.615 /
+0.854 in an earlier run), 0.992 / 0.653 / 0.903 at 60, 0.999 / 0.651 / 0.920 at 500. CP-SAT: OPTIMAL for Sector and HIMINTY in every sample, 0.03-0.09 s
 at 160 schools, 6-7 s per variable at 5,000 schools.
 """
 
