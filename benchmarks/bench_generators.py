@@ -32,8 +32,8 @@ setting the study params use.
 CTGAN with torch's default two threads on a busy machine (earlier run): 1230 s for 30 epochs (64 s per
 epoch, against 4 s single-threaded; hence ``n_threads=1``). CLCA vs naive vs none (mean KS / TV
 complement over the six school-level variables): 1.000 / 0.648 / 0.862 at 160 schools (1.000 / 0.615 /
-0.854 in an earlier run), 0.992 / 0.653 / 0.903 at 60, 0.999 / 0.651 / 0.920 at 500. CP-SAT: OPTIMAL for Sector and HIMINTY in every sample, 0.03-0.09 s
-at 160 schools, 6-7 s per variable at 5,000 schools.
+0.854 in an earlier run), 0.992 / 0.653 / 0.903 at 60, 0.999 / 0.651 / 0.920 at 500. CP-SAT: OPTIMAL
+for Sector and HIMINTY in every sample, 0.03-0.09 s at 160 schools, 6-8 s per variable at 5,000 schools.
 """
 
 from __future__ import annotations
