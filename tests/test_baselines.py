@@ -132,3 +132,27 @@ def test_parametric_drops_collinear_predictors():
     d = _valid(gen.sample(20, seed=0))
     single = d.parent["schgend"].astype(str) != "mixed"
     assert (d.parent.loc[single, "type"].astype(str) == "Sngl").all()  # joint school cells are kept
+
+
+# ---------------------------------------------------------------------------- saved-file format
+def test_load_refuses_other_format_versions_and_foreign_files(small, tmp_path):
+    import pickle
+
+    from mlsimkit.errors import FormatVersionError
+    from mlsimkit.generators import FORMAT_VERSION
+
+    path = SchoolBootstrap().fit(small).save(tmp_path / "boot.pkl")
+    payload = pickle.loads(path.read_bytes())
+    payload["format_version"] = FORMAT_VERSION - 1
+    old = tmp_path / "old.pkl"
+    old.write_bytes(pickle.dumps(payload))
+    with pytest.raises(FormatVersionError, match=rf"old\.pkl'.*format version {FORMAT_VERSION - 1}.*retrain"):
+        load(old)
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"not a pickle")
+    with pytest.raises(FormatVersionError, match="not a saved mlsimkit generator"):
+        load(junk)
+    with pytest.raises(MlsimkitError, match="holds a SchoolBootstrap, expected a ParametricGenerator"):
+        ParametricGenerator.load(path)
+    with pytest.raises(MlsimkitError, match="saved generator not found"):
+        load(tmp_path / "missing.pkl")

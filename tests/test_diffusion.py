@@ -184,7 +184,7 @@ def test_sample_block_changes_only_rounding(tiny):
     try:
         b = tiny.sample(30, seed=3)
     finally:
-        tiny.sample_block = 2048
+        tiny.sample_block = None
     pd.testing.assert_frame_equal(a.parent, b.parent, atol=1e-4)
     num = ["SES", "MathAch"]
     assert (a.child[num] - b.child[num]).abs().to_numpy().max() < 1e-3

@@ -19,7 +19,9 @@ from ..data import MultilevelData
 from ..errors import FormatVersionError, MlsimkitError
 from ..io import atomic_path
 
-FORMAT_VERSION = 1
+#: 2: the diffusion generator's ``sample_batch`` became ``sample_block`` (blocked sampler), so version-1
+#: files would load but fail to sample.
+FORMAT_VERSION = 2
 _MAGIC = "mlsimkit-generator"
 
 
