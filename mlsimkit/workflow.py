@@ -349,8 +349,8 @@ def ablation_icc_table(qual: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     sub = qual[qual["domain"].eq("ICC")]
     cells = sub.assign(cell=[f"{a:.{digits}f} ({b:.{digits}f})" for a, b in zip(sub["icc_syn"], sub["value"])])
     out = cells.pivot_table(index=["level", "item"], columns="scenario", values="cell", aggfunc="first", sort=False)
-    real = sub.groupby(["level", "item"], sort=False)["icc_real"].first().round(digits)
-    return out.assign(real=real.astype(str))[["real", *out.columns]].rename_axis(index=["level", "variable"])
+    real = sub.groupby(["level", "item"], sort=False)["icc_real"].first().map(lambda v: f"{v:.{digits}f}")
+    return out.assign(real=real)[["real", *out.columns]].rename_axis(index=["level", "variable"])
 
 
 def ablation_performance_table(perf: pd.DataFrame, measures=("pmse",), digits: int = 3) -> pd.DataFrame:

@@ -22,9 +22,9 @@ theirs is used. The generative process for a parent table (schools) and a child 
    group frequencies, the school row from the school model given the group, its size from the group's
    size distribution, then all students of all schools in one batch from the student model with
    classifier guidance towards their school's group (``eps <- eps - sqrt(1-abar_t) * s * grad log p``,
-   ``s`` = ``guidance_scale``), by stochastic DDIM on ``sample_steps`` strided steps. Finally the decomposition is
-   undone with re-centring, so each synthetic school's mean of a decomposed variable is exactly the
-   generated school mean.
+   ``s`` = ``guidance_scale``), by stochastic DDIM on ``sample_steps`` strided steps. Finally the
+   decomposition is undone with re-centring, so each synthetic school's mean of a decomposed variable is
+   exactly the generated school mean.
 
 Numerical columns are quantile-normalised (inverted after sampling, so values stay inside the observed
 range; integer columns are rounded and the schema's ranges enforced); categorical columns are one-hot
@@ -42,9 +42,8 @@ The price of few steps: the stochastic sampler's spread is a little narrow at 25
 the data's as steps are added (within-school SD of MathAch 5.67 at 25 steps, 5.86 at 50, 6.03 at 100,
 6.13 with all 1,000, real 6.19; SES 0.595, 0.625, 0.643, 0.657, real 0.661), while deterministic DDIM
 errs the other way and does not converge (6.59 at 25 steps, 6.34 at 250). The ICCs hardly move with
-the number of steps. :meth:`ClavaDDPMGenerator.paper` gives ClavaDDPM's published
-settings (T = 2000, learning rate 6e-4, 50 groups, large MLPs, many steps, full ancestral sampling) for a
-GPU.
+the number of steps. :meth:`ClavaDDPMGenerator.paper` gives ClavaDDPM's published settings (T = 2000,
+learning rate 6e-4, 50 groups, large MLPs, many steps, full ancestral sampling) for a GPU.
 
 Where the ICC comes from. Without decomposition, the only route for between-school variation of a
 student variable is the classifier guidance towards the school's group. A sampler that draws students
@@ -144,9 +143,8 @@ class ClavaDDPMGenerator(Generator):
         Torch CPU threads during ``fit`` and ``sample``, restored afterwards; ``None`` (default) leaves
         torch's setting (all cores). On an idle 2-core machine 1 thread samples 26,000-31,000 students/s
         and 2 threads 22,000 (160 schools) to 38,000 (1,000 schools); on a busy shared machine two threads
-        can be many times slower
-        than one (threads wait for each other), so use 1 there and in simulation workers that each
-        own one core.
+        can be many times slower than one (threads wait for each other), so use 1 there and in
+        simulation workers that each own one core.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     verbose : bool
