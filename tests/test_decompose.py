@@ -8,11 +8,24 @@ import mlsimkit.datasets as ds
 from mlsimkit.data import MultilevelData
 from mlsimkit.decompose import decompose, decomposed_schema, recompose
 from mlsimkit.errors import MlsimkitError
+from mlsimkit.schema import Schema
 
 
 @pytest.fixture(scope="module")
 def hsb():
     return ds.load("hsb")
+
+
+def _toy_schema(student_columns: dict) -> Schema:
+    """Schools (id S, numerical z) and students (id P, foreign key S, then ``student_columns``)."""
+    return Schema.from_dict({
+        "name": "toy",
+        "tables": {
+            "schools": {"file": "s.csv", "primary_key": "S", "columns": {"S": "id", "z": "numerical"}},
+            "students": {"file": "p.csv", "primary_key": "P", "parent": "schools", "foreign_key": "S",
+                         "columns": {"P": "id", "S": "id", **student_columns}},
+        },
+    })
 
 
 def test_decompose_hsb_layout(hsb):
@@ -49,17 +62,8 @@ def test_recompose_exact_on_real_data(hsb):
 
 
 def test_decompose_selected_columns_and_exact_by_hand():
-    from mlsimkit.schema import Schema
-
-    schema = Schema.from_dict({
-        "name": "toy",
-        "tables": {
-            "schools": {"file": "s.csv", "primary_key": "S", "columns": {"S": "id", "z": "numerical"}},
-            "students": {"file": "p.csv", "primary_key": "P", "parent": "schools", "foreign_key": "S",
-                         "columns": {"P": "id", "S": "id", "x": {"kind": "numerical", "min": 0, "max": 10},
-                                     "w": "numerical", "b": {"kind": "binary", "levels": ["a", "b"]}}},
-        },
-    })
+    schema = _toy_schema({"x": {"kind": "numerical", "min": 0, "max": 10}, "w": "numerical",
+                          "b": {"kind": "binary", "levels": ["a", "b"]}})
     data = MultilevelData(schema, {
         "schools": pd.DataFrame({"S": ["1", "2"], "z": [0.5, 1.5]}),
         "students": pd.DataFrame({"P": ["1", "2", "3", "4", "5"], "S": ["1", "1", "2", "2", "2"],
@@ -96,17 +100,7 @@ def test_recentring_makes_school_mean_the_generated_one(hsb):
 
 
 def test_recompose_enforces_declared_range():
-    from mlsimkit.schema import Schema
-
-    schema = Schema.from_dict({
-        "name": "toy",
-        "tables": {
-            "schools": {"file": "s.csv", "primary_key": "S", "columns": {"S": "id", "z": "numerical"}},
-            "students": {"file": "p.csv", "primary_key": "P", "parent": "schools", "foreign_key": "S",
-                         "columns": {"P": "id", "S": "id", "x": {"kind": "numerical", "min": 0, "max": 10,
-                                                                   "integer": True}}},
-        },
-    })
+    schema = _toy_schema({"x": {"kind": "numerical", "min": 0, "max": 10, "integer": True}})
     new, info = decomposed_schema(schema)
     syn = MultilevelData(new, {
         "schools": pd.DataFrame({"S": ["a"], "z": [1.0], "x_mean": [9.5]}),
