@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[book,test]'
+	rm -rf mlsimkit.egg-info  # build metadata; the installed copy lives in the venv
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +22,7 @@ book: $(STAMP)
 	$(PY) -m mlsimkit run --study $(STUDY) --profile $(PROFILE)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	PYTHONDONTWRITEBYTECODE=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf _build book/executed runs

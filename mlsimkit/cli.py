@@ -1,4 +1,9 @@
-"""Command line: ``mlsimkit run --study NAME|all --profile quick|default|paper`` (also ``python -m mlsimkit``)."""
+"""Command line (also ``python -m mlsimkit``).
+
+``mlsimkit run --study NAME|all --profile quick|default|paper`` executes the stage notebooks and builds the
+book; ``mlsimkit build`` builds the book again from the notebooks already executed (after a failed build, say);
+``mlsimkit studies`` lists the params files.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--root", default=None, help="project root (default: found from the working directory)")
     p_run.add_argument("--out", default=None, help="write executed notebooks, runs/ and the book here")
     p_run.add_argument("--no-build", action="store_true", help="execute notebooks only")
+    p_build = sub.add_parser("build", help="build the book from the notebooks already executed (no re-run)")
+    p_build.add_argument("--root", default=None, help="project root (default: found from the working directory)")
+    p_build.add_argument("--out", default=None, help="the folder a run wrote to with --out (default: the root)")
     sub.add_parser("studies", help="list the studies (params files)")
     args = parser.parse_args(argv)
     try:
@@ -26,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
             from .study import available, find_root
 
             print("\n".join(available(find_root(args.root))))
+            return 0
+        if args.command == "build":
+            from .runner import build_book
+
+            print(f"Open the book: {build_book(args.out, root=args.root)}")
             return 0
         from .runner import run
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -68,7 +69,7 @@ def run(
                     {"study": name, "profile": profile, "root": str(out)}, cwd=out, log=log)
     if not build:
         return None
-    return build_book(out, log=log)
+    return build_book(out, root=root, log=log)
 
 
 def book_studies(out: Path) -> list[str]:
@@ -91,14 +92,20 @@ def _copy_sources(root: Path, out: Path) -> None:
             shutil.copy2(src, out / item)
 
 
-def _kernel_manager_class():
+def _kernel_manager_class(socket_dir: Path):
     """A Jupyter kernel manager that talks to the kernel over local IPC sockets instead of TCP: the kernel
-    is on this machine anyway, and over TCP ipykernel warns at every start that traffic is unencrypted."""
+    is on this machine anyway, and over TCP ipykernel warns at every start that traffic is unencrypted.
+
+    The sockets live in ``socket_dir`` (an absolute path, so the kernel and the client agree whatever their
+    working directories), never in the project: jupyter_client's default, ``kernel-ipc-<port>`` in the working
+    directory, left files behind in the project root.
+    """
     from jupyter_client.manager import KernelManager
 
     class IPCKernelManager(KernelManager):
         def __init__(self, **kwargs):
             kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(socket_dir / "kernel"))
             super().__init__(**kwargs)
 
     return IPCKernelManager
@@ -116,10 +123,12 @@ def execute(template: Path, target: Path, parameters: dict, *, cwd: Path, log=pr
     label = f"{parameters.get('study')}/{target.stem}"
     t0 = time.perf_counter()
     log(f"[mlsimkit] running {label} ...")
+    # a short absolute folder for the kernel's sockets (a Unix socket path must stay under ~100 characters)
+    socket_dir = Path(tempfile.mkdtemp(prefix="mlsimkit-kernel-"))
     try:
         pm.execute_notebook(str(template), str(tmp), parameters=parameters, kernel_name="python3",
                             cwd=str(cwd), progress_bar=False, log_output=False,
-                            kernel_manager_class=_kernel_manager_class())
+                            kernel_manager_class=_kernel_manager_class(socket_dir))
     except pm.PapermillExecutionError as exc:
         os.replace(tmp, failed)
         if target.exists():
@@ -134,6 +143,8 @@ def execute(template: Path, target: Path, parameters: dict, *, cwd: Path, log=pr
         if tmp.exists():
             tmp.unlink()
         raise
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
     _hide_parameter_cells(tmp)
     os.replace(tmp, target)
     if failed.exists():
@@ -161,8 +172,15 @@ def _hide_parameter_cells(path: Path) -> None:
     path.write_text(json.dumps(nb, indent=1))
 
 
-def build_book(out: Path, *, log=print) -> Path:
-    """``jupyter-book build <out> -W``; returns the path of ``index.html``."""
+def build_book(out: str | Path | None = None, *, root: str | Path | None = None, log=print) -> Path:
+    """``jupyter-book build <out> -W``; returns the path of ``index.html``.
+
+    Builds from the executed notebooks already under ``<out>/book/executed`` (``mlsimkit build``), so a build
+    that failed can be repeated without re-running a single notebook. Files that ``_toc.yml`` does not list
+    (caches such as ``.pytest_cache``, ``.ipynb_checkpoints``, a user's own notes) are not part of the book.
+    """
+    out = Path(out).resolve() if out else study_mod.find_root(root)
+    rebuild = "mlsimkit build" if (out / "notebooks").is_dir() else f"mlsimkit build --out {out}"
     missing = _missing_toc_files(out)
     if missing:
         raise BookBuildFailed(
@@ -176,7 +194,11 @@ def build_book(out: Path, *, log=print) -> Path:
     proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise BookBuildFailed(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+        raise BookBuildFailed(
+            f"jupyter-book build failed (exit {proc.returncode}):\n{tail}\n"
+            f"The executed notebooks are kept under '{out / 'book' / 'executed'}'; after fixing the cause, "
+            f"rebuild the book without re-running them: {rebuild}"
+        )
     index = out / "_build" / "html" / "index.html"
     log(f"[mlsimkit] book ready: {index}")
     return index

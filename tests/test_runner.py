@@ -14,9 +14,23 @@ from mlsimkit.runner import NotebookFailed, run
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: files a user's project root may hold that are not pages of the book (the README's `make test` once left
+#: .pytest_cache/README.md behind, and the `-W` build of `make book` failed on it after 30 minutes of work)
+STRAY_FILES = {
+    ".pytest_cache/README.md": "# pytest cache directory #\n\nDo not commit this.\n",
+    "notes.md": "# My notes\n\nTry n_schools = 40 next.\n",
+    "book/.ipynb_checkpoints/intro-checkpoint.md": "# An old copy\n",
+    "book/intro.md~": "# An editor backup\n",
+    "scratch.ipynb": '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
+}
+
+
 @pytest.fixture(scope="module")
 def quick_book(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
+    for rel, text in STRAY_FILES.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
     index = run("all", "quick", root=ROOT, out=out, log=lambda *_: None)
     return out, index
 
@@ -54,6 +68,53 @@ def test_book_built_with_every_stage_page(quick_book):
             assert page.is_file(), page
     stage1 = (out / "_build" / "html" / "book" / "executed" / "hsb-prediction" / "1-specify.html").read_text()
     assert "Stage 1" in stage1 and "<img" in stage1 and "injected-parameters" not in stage1
+
+
+@pytest.mark.slow
+def test_stray_files_are_not_pages_and_kernels_leave_no_sockets(quick_book):
+    out, _ = quick_book
+    html = out / "_build" / "html"
+    assert not (html / "notes.html").exists() and not (html / ".pytest_cache").exists()
+    assert not list(html.rglob("*checkpoint*.html")) and not (html / "scratch.html").exists()
+    assert not list(out.glob("kernel-ipc*")) and not list(ROOT.glob("kernel-ipc*"))
+
+
+@pytest.mark.slow
+def test_book_reads_offline_with_mathjax_shipped(quick_book):
+    out, _ = quick_book
+    html = out / "_build" / "html"
+    page = (html / "book" / "executed" / "hsb-recovery" / "5-evaluate.html").read_text()
+    assert "cdn.jsdelivr" not in page and "_static/mathjax/tex-mml-chtml.js" in page
+    assert (html / "_static" / "mathjax" / "tex-mml-chtml.js").stat().st_size > 1_000_000
+    assert len(list((html / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))) >= 20
+
+
+@pytest.mark.slow
+def test_build_again_without_rerunning_notebooks(quick_book):
+    from mlsimkit.cli import main
+
+    out, index = quick_book
+    executed = sorted((out / "book" / "executed").rglob("*.ipynb"))
+    stamps = [p.stat().st_mtime_ns for p in executed]
+    page = out / "_build" / "html" / "book" / "intro.html"
+    page.unlink()
+    assert main(["build", "--out", str(out)]) == 0
+    assert page.is_file() and [p.stat().st_mtime_ns for p in executed] == stamps
+
+
+def test_failed_build_says_how_to_rebuild_without_rerunning(tmp_path):
+    from mlsimkit.runner import BookBuildFailed, build_book
+
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    shutil.copytree(ROOT / "book" / "_static", tmp_path / "book" / "_static")
+    shutil.copy(ROOT / "book" / "references.bib", tmp_path / "book" / "references.bib")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
+    (tmp_path / "book" / "intro.md").write_text("# Intro\n\nSee {doc}`no-such-page`.\n")
+    with pytest.raises(BookBuildFailed) as info:
+        build_book(tmp_path, log=lambda *_: None)
+    msg = str(info.value)
+    assert "no-such-page" in msg and f"mlsimkit build --out {tmp_path}" in msg
+    assert "rebuild the book without re-running them" in msg
 
 
 @pytest.mark.slow
