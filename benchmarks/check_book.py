@@ -7,7 +7,8 @@ waits for MathJax, and reports per page:
 - console errors and page errors (JavaScript exceptions);
 - broken internal links (a target file that does not exist, or an ``#anchor`` the target page lacks) and
   images that did not load;
-- tables wider than the content column that are not inside a horizontally scrolling container;
+- tables wider than the content column (inside a horizontally scrolling box or not: either way the reader
+  does not see every column), tables cut to their first rows (``.head()``) or to their first and last rows;
 - raw LaTeX left unrendered (``\\(``, ``\\[``, ``$$``, ``\\frac`` ... in the visible text, outside code);
 - Python reprs shown where a table or sentence belongs: a dict or list literal, a pandas Series or
   DataFrame printed as text, ``<Figure ...>`` / ``<Axes ...>`` objects, in the notebooks' text outputs.
@@ -47,16 +48,20 @@ PAGE_JS = r"""
   for (const t of article.querySelectorAll('table')) {
     const r = t.getBoundingClientRect();
     if (r.width === 0) continue;
-    let scroller = null;
-    for (let el = t.parentElement; el && el !== article; el = el.parentElement) {
-      const ox = getComputedStyle(el).overflowX;
-      if (ox === 'auto' || ox === 'scroll' || ox === 'hidden') { scroller = el; break; }
-    }
-    const box = scroller ? scroller.getBoundingClientRect() : r;
-    if (box.right > aw.right + 2 || box.left < aw.left - 2) {
+    // a table in a horizontally scrolling box still hides its right-hand columns from a reader
+    if (r.width > aw.width + 2) {
       const head = (t.querySelector('th') || t).innerText.slice(0, 40).replace(/\s+/g, ' ');
-      wide.push(`table "${head}" is ${Math.round(r.width)} px wide, column ${Math.round(aw.width)} px`);
+      wide.push(`table "${head}" is ${Math.round(r.width)} px wide, the column ${Math.round(aw.width)} px`);
     }
+  }
+  const heads = [];
+  for (const cell of article.querySelectorAll('.cell')) {
+    const src = (cell.querySelector('.cell_input pre') || {}).innerText || '';
+    const out = cell.querySelector('.cell_output');
+    if (!out) continue;
+    const text = out.innerText;
+    if (/\.head\(\d*\)\s*$/.test(src.trim())) heads.push(`the first rows of a table (${src.trim().split('\n').pop()})`);
+    if (/\d+ rows × \d+ columns/.test(text)) heads.push(`a table cut to its first and last rows (${text.match(/\d+ rows × \d+ columns/)[0]})`);
   }
   const clone = article.cloneNode(true);
   for (const el of clone.querySelectorAll('pre, code, script, style, mjx-container, .MathJax, mjx-assistive-mml')) el.remove();
@@ -66,7 +71,7 @@ PAGE_JS = r"""
   const images = [...document.images].filter(i => i.complete && i.naturalWidth === 0).map(i => i.getAttribute('src'));
   const links = [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'));
   const ids = [...document.querySelectorAll('[id]')].map(e => e.id).concat([...document.querySelectorAll('a[name]')].map(a => a.name));
-  return {text: clone.innerText, outputs, images, links, ids, wide,
+  return {text: clone.innerText, outputs, images, links, ids, wide, heads, url: location.href,
           mathjax: !!(window.MathJax && window.MathJax.startup)};
 }
 """
@@ -107,7 +112,7 @@ def check(html_dir: Path, chromium: str, screenshots: Path | None = None) -> lis
                 page.screenshot(path=str(screenshots / (rel.replace("/", "__") + ".png")), full_page=True)
             page.close()
             problems += [(rel, e) for e in errors]
-            problems += [(rel, w) for w in info["wide"]]
+            problems += [(rel, w) for w in info["wide"] + info["heads"]]
             problems += [(rel, f"image did not load: {src}") for src in info["images"]]
             for m in LATEX.finditer(info["text"]):
                 ctx = info["text"][max(0, m.start() - 30): m.end() + 30].replace("\n", " ")
@@ -120,6 +125,11 @@ def check(html_dir: Path, chromium: str, screenshots: Path | None = None) -> lis
         browser.close()
     for page_path, info in infos.items():
         rel = str(page_path.relative_to(html_dir))
+        shown = Path(unquote(urlsplit(info["url"]).path))  # after a redirect (index.html), the page shown
+        if shown != page_path:
+            if not shown.is_file():
+                problems.append((rel, f"redirects to a missing page: {info['url']}"))
+            continue
         for href in info["links"]:
             parts = urlsplit(href)
             if parts.scheme or href.startswith("//") or href.startswith("mailto:"):

@@ -189,7 +189,8 @@ def build_book(out: str | Path | None = None, *, root: str | Path | None = None,
             + "; run every study first (mlsimkit run --study all)"
         )
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(out), "-W", "-n", "--keep-going"]
+    # --all: a fresh build every time, so that -W sees every warning (an incremental build repeats none)
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(out), "--all", "-W", "-n", "--keep-going"]
     log(f"[mlsimkit] building the book: {' '.join(cmd)}")
     proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
     if proc.returncode != 0:
