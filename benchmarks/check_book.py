@@ -36,7 +36,8 @@ REPR = [
     (re.compile(r"^\s*<(Figure|Axes|matplotlib|seaborn|mlsimkit)[^>]*>", re.M), "an object repr"),
     (re.compile(r"\b(Name: \w+, )?dtype: \w+\s*$", re.M), "a pandas Series printed as text"),
     (re.compile(r"\[\d+ rows x \d+ columns\]"), "a DataFrame printed as text"),
-    (re.compile(r"^\s*PosixPath\(|^\s*\w+\(\w+=", re.M), "an object repr"),
+    (re.compile(r"^\s*[A-Z]\w*\((['\"]|\w+=)", re.M), "an object repr"),
+    (re.compile(r"^\s*\(\d+, \d+\)\s*$"), "a tuple printed as text"),
 ]
 
 # Run in the page: collects everything the report needs in one round trip.

@@ -76,6 +76,16 @@ class MultilevelData:
         shapes = ", ".join(f"{n}: {len(self.tables[n])} rows" for n in self.schema.levels)
         return f"MultilevelData('{self.schema.name}'; {shapes})"
 
+    def _repr_markdown_(self) -> str:
+        """How a notebook shows the data to a reader: one sentence per table, from the top level down."""
+        parts = [f"**{self.schema.name}**, {len(self.schema.levels)} levels:"]
+        for level in self.schema.levels:
+            t = self.schema.tables[level]
+            cols = len(self.tables[level].columns)
+            parts.append(f"- `{level}`: {len(self.tables[level]):,} rows, {cols} columns"
+                         + (f", each row in one of the `{t.parent}`" if t.parent else ""))
+        return "\n".join(parts)
+
     @property
     def levels(self) -> list[str]:
         return self.schema.levels

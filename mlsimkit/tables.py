@@ -68,3 +68,58 @@ def choice_sentence(choice: Mapping) -> str:
     if best is None:
         return text + "."
     return text + f" (mean of the headline scores {best:.3f}" + (f"; {', '.join(others)})." if others else ").")
+
+
+def metric_matrix(summary: pd.DataFrame, domains, digits: int = 3):
+    """Stage 3's summary (:meth:`mlsimkit.quality.QualityReport.summary`, one row per data set and item) as
+    one row per metric and one column per data set, with the real-vs-real reference and its band first:
+    the comparison a reader makes, in a table that fits the page. ▼ / ▲ mark a score below / above the band
+    (a position, not a verdict: for a distance or a detection AUC below the band is the good side)."""
+    rows = summary[summary["domain"].isin(list(domains))]
+    keys = ["domain", "level", "item"]
+    order = list(dict.fromkeys(rows["dataset"]))
+    ref = rows.drop_duplicates(keys).set_index(keys)
+    fmt = f"{{:.{digits}f}}"
+    out = pd.DataFrame(index=ref.index)
+    out["real vs real"] = [fmt.format(r) + (f" ({fmt.format(lo)}–{fmt.format(hi)})" if pd.notna(lo) else "")
+                           if pd.notna(r) else "" for r, lo, hi in zip(ref["reference"], ref["ref_lo"], ref["ref_hi"])]
+    for name in order:
+        sub = rows[rows["dataset"] == name].set_index(keys).reindex(out.index)
+        mark = [" ▼" if v < lo else " ▲" if v > hi else "" for v, lo, hi in zip(sub["value"], sub["ref_lo"], sub["ref_hi"])]
+        out[name] = ["" if pd.isna(v) else fmt.format(v) + m for v, m in zip(sub["value"], mark)]
+    out = out.reset_index()
+    return out.style.hide(axis="index")
+
+
+def _number(v, digits: int) -> str:
+    if pd.isna(v):
+        return ""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}f}"
+
+
+def numbers(frame: pd.DataFrame, digits: int = 3):
+    """A table of numbers as a reader wants it: ``digits`` decimals (whole numbers from 1,000 on), empty
+    cells instead of NaN, index kept (it names the rows)."""
+    floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]
+    return frame.style.format({c: (lambda v, d=digits: _number(v, d)) for c in floats}, na_rep="")
+
+
+def results_sentence(results: pd.DataFrame) -> str:
+    """What the simulation's long results store holds, as one Markdown sentence."""
+    keys = [k for k in ("source", "n_schools", "rep", "method", "parameter") if k in results.columns]
+    names = {"source": "sources", "n_schools": "numbers of schools", "method": "methods", "parameter": "parameters"}
+    counts = ", ".join(f"{results[k].nunique():,} {names[k]}" for k in keys if k != "rep")
+    reps = results["rep"].nunique() if "rep" in results.columns else 0
+    return (f"The results store holds **{len(results):,} rows**, one per {' × '.join(keys)} ({counts}; "
+            f"{reps:,} replications per condition), each with its estimate or prediction error, status, message, "
+            f"fit time and seed.")
+
+
+def failure_messages(results: pd.DataFrame, n: int = 10):
+    """The ``n`` most frequent (source, method, status, message) among fits whose status is not ``ok``, with
+    their counts; a sentence-like one-row table when every fit was ``ok``."""
+    bad = results.loc[results["status"] != "ok", ["source", "method", "status", "message"]].fillna("")
+    if bad.empty:
+        return pd.DataFrame({"fits": [f"all {len(results):,} fits ok"]}).style.hide(axis="index")
+    counts = bad.value_counts().head(n).rename("fits").reset_index()
+    return counts.style.hide(axis="index")
