@@ -480,8 +480,10 @@ def reps_to_decide(distance: float, mcse: float, n_used: int, z: float = 2.0) ->
     """Replications that would put ``distance`` (an estimate's distance from the boundary of a decision,
     e.g. a difference from 0 or from an equivalence margin) ``z`` MCSEs away from it, assuming the MCSE
     shrinks as 1/sqrt(n) (:func:`plan_reps` with a pilot of ``n_used`` replications).  None when the
-    distance is 0 or not finite (no number of replications would decide)."""
+    distance is 0 or not finite, or the answer exceeds a billion (no practical number would decide)."""
     if not (np.isfinite(distance) and np.isfinite(mcse)) or distance == 0 or n_used < 1:
+        return None
+    if n_used * (z * mcse / distance) ** 2 > 1e9:
         return None
     pilot = pd.DataFrame({"measure": ["difference"], "mcse": [float(mcse)], "n_used": [int(n_used)]})
     return int(plan_reps(abs(float(distance)) / z, pilot=pilot)["reps_needed"].iloc[0])
