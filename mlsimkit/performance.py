@@ -522,3 +522,19 @@ def status_rates(results: pd.DataFrame, by: Sequence[str], notes: Mapping[str, s
             v, m = proportion(f)
             out.append({**base, "rate": rate, "value": v, "mcse": m, "n_reps": len(g)})
     return pd.DataFrame(out, columns=by + ["method", "rate", "value", "mcse", "n_reps"])
+
+
+def beyond_mcse(summary: pd.DataFrame, measure: str, reference: float = 0.0, z: float = 2.0) -> pd.DataFrame:
+    """The rows of ``measure`` with ``z = (value - reference) / mcse`` and ``beyond`` (|z| >= ``z``).
+
+    E.g. relative SE bias (``relerror``) against 0: a cell beyond 2 MCSE is a model SE that differs from
+    the empirical SE by more than Monte Carlo error; among K cells where the truth is ``reference``,
+    about 4.6% of K are beyond 2 MCSE by chance alone (``expected_by_chance``)."""
+    d = summary[summary["measure"] == measure].copy()
+    if d.empty:
+        raise PerformanceError(f"the summary has no measure '{measure}'; it has {sorted(summary['measure'].unique())}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d["z"] = (d["value"] - reference) / d["mcse"]
+    d["beyond"] = d["z"].abs() >= z
+    d.attrs["expected_by_chance"] = float(len(d) * math.erfc(z / math.sqrt(2)))
+    return d
