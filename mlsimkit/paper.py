@@ -546,3 +546,21 @@ def compare_ablation(study, perf: pd.DataFrame, detail: bool = False) -> pd.Data
             frames.append(replication_table(res, truth, ["pmse"], wf.USABLE).assign(scenario=scen))
         reps = pd.concat(frames, ignore_index=True)
     return ablation_claims(perf, reps, roles, study.objective, wf.level_of_parameters(), detail=detail)
+
+
+def verdict_sentence(claims: pd.DataFrame) -> str:
+    """One Markdown sentence: how many claims came out yes / no / inconclusive, and the replications that
+    would decide the inconclusive ones (:func:`mlsimkit.performance.reps_to_decide`)."""
+    if claims.empty:
+        return "No claim of the paper applies to this study's sources."
+    counts = claims["verdict"].value_counts()
+    n = {v: int(counts.get(v, 0)) for v in (YES, NO, INCONCLUSIVE)}
+    text = (f"Of {len(claims)} claims, {n[YES]} hold beyond Monte Carlo error (*yes*), {n[NO]} are contradicted "
+            f"beyond it (*no*) and {n[INCONCLUSIVE]} are *inconclusive* at this build's replications.")
+    und = claims[claims["verdict"] == INCONCLUSIVE]
+    if len(und):
+        need = [int(x.split()[-1]) for x in und["replications to decide"] if x.startswith("about ")]
+        if need:
+            text += (f" Deciding them would take between {min(need):,} and {max(need):,} replications per condition "
+                     "(the MCSE shrinks as 1/√n; the paper profile's replications decide those below its count).")
+    return text

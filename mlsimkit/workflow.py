@@ -573,3 +573,60 @@ def evaluation_context(study: Study, summary: pd.DataFrame) -> dict:
     if (summary["measure"] == "relerror").any():
         out["Relative SE bias (%), MCSE in parentheses"] = se_bias_table(summary)
     return out
+
+
+# ============================================================================ Stage 6: findings
+def ablation_findings(study: Study, perf: pd.DataFrame) -> str:
+    """Markdown bullets: for each scenario, each measure of Tables 5/6 (:func:`ablation_measures`) as the
+    change from the original with its MCSE and z (scenarios are independent simulations: the MCSE of a
+    change is the root sum of squares).  Prediction: all three rules; recovery: OLS+IGM, the model of
+    Table 6."""
+    measures = ablation_measures(study)
+    d = perf[perf["measure"].isin(measures)]
+    if study.objective != "prediction":
+        d = d[d["method"] == "OLS+IGM"]
+    orig = d[d["scenario"] == "original"].set_index(["method", "parameter", "measure"])
+    lines = []
+    for scen, g in d[d["scenario"] != "original"].groupby("scenario", sort=False):
+        parts, moved = [], 0
+        for r in g.itertuples():
+            key = (r.method, r.parameter, r.measure)
+            if key not in orig.index:
+                continue
+            o = orig.loc[key]
+            diff, se = r.value - o["value"], float(np.hypot(r.mcse, o["mcse"]))
+            z = diff / se if se > 0 else np.nan
+            moved += bool(abs(z) >= 2)
+            what = r.method if study.objective == "prediction" else f"{r.measure} {r.parameter}"
+            parts.append(f"{what} {diff:+.3g} ({se:.2g}, z {z:+.1f})")
+        lines.append(f"- **{scen}** minus original: " + "; ".join(parts) + f". {moved} of {len(parts)} changes are "
+                     "beyond 2 MCSE.")
+    return "\n".join(lines)
+
+
+def ablation_original_note(study: Study, perf: pd.DataFrame) -> str:
+    """What the ``original`` scenario is, checked against Stage 5: the Stage 2 model (same data and settings,
+    from the model cache), simulated at ``ablation.n_schools`` with the same seeds as Stage 4, so where Stage 4
+    ran that number of schools with as many replications its rows repeat Stage 5's; its quality rows come
+    from its own ``ablation.quality.candidates`` data sets, not Stage 3's."""
+    n = int(study["ablation"]["n_schools"])
+    k = int(study["ablation"].get("quality", {}).get("candidates", 3))
+    text = (f"The *original* scenario is the Stage 2 model (same data and settings, taken from the model cache), "
+            f"simulated at {n} schools with the same seeds as Stage 4; its quality rows come from {k} fresh "
+            "candidate data sets, not Stage 3's.")
+    p = study.path("5-evaluate", "summary.csv")
+    if not p.exists():
+        return text
+    s5 = pd.read_csv(p)
+    s5 = s5[(s5["n_schools"] == n) & (s5["source"] == simulation_generator(study))]
+    o = perf[perf["scenario"] == "original"]
+    m = o.merge(s5, on=["method", "parameter", "measure"], suffixes=("", "_5"))
+    m = m[np.isfinite(m["value"]) & np.isfinite(m["value_5"])]
+    if m.empty:
+        return text + f" Stage 4 did not run {n} schools, so there are no Stage 5 rows to compare with."
+    gap = float((m["value"] - m["value_5"]).abs().max())
+    same = bool((m["n_reps"] == m["n_reps_5"]).all())
+    return text + (f" Its {len(m)} measures at {n} schools differ from Stage 5's by at most {gap:.3g}"
+                   + (" (the same replications)." if same and gap < 1e-9 else
+                      f" (Stage 5 used {int(m['n_reps_5'].iloc[0])} replications, this stage "
+                      f"{int(m['n_reps'].iloc[0])})."))
