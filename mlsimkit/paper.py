@@ -561,6 +561,6 @@ def verdict_sentence(claims: pd.DataFrame) -> str:
     if len(und):
         need = [int(x.split()[-1]) for x in und["replications to decide"] if x.startswith("about ")]
         if need:
-            text += (f" Deciding them would take between {min(need):,} and {max(need):,} replications per condition "
-                     "(the MCSE shrinks as 1/√n; the paper profile's replications decide those below its count).")
+            text += (f" Deciding them would take about {min(need):,} to {max(need):,} replications per condition "
+                     "(the MCSE shrinks as 1/√n, the differences being as estimated here).")
     return text
