@@ -261,12 +261,12 @@ def evaluate(claim: Claim, evidence) -> dict:
 
 
 def _stack(frames: dict, margin_of=None) -> pd.DataFrame:
-    """``{label: per-n_schools table}`` -> one parts table labelled ``"<n> schools, <label>"``."""
+    """``{label: per-n_schools table}`` -> one parts table, parts labelled ``"<n> schools, <label>"``."""
     rows = []
     for label, f in frames.items():
         for r in f.itertuples():
-            row = {"part": f"{r.n_schools}, {label}" if label else f"{r.n_schools}", "estimate": r.estimate,
-                   "mcse": r.mcse, "n": r.n}
+            part = f"{r.n_schools} schools, {label}" if label else f"{r.n_schools} schools"
+            row = {"part": part, "estimate": r.estimate, "mcse": r.mcse, "n": r.n}
             if margin_of is not None:
                 row["margin"] = margin_of(r.n_schools)
             rows.append(row)
@@ -529,7 +529,7 @@ def compare(study, summary: pd.DataFrame, ai: str, detail: bool = False) -> pd.D
         reps = replication_table(res, truth, ["pmse"], wf.USABLE)
         return prediction_claims(reps, ai, detail=detail)
     reps = replication_table(res, truth, ["rel_bias", "coverage"], wf.USABLE)
-    return recovery_claims(reps, ai, wf.level_of_parameters(), detail=detail)
+    return recovery_claims(reps, ai, _level_of(study), detail=detail)
 
 
 def compare_ablation(study, perf: pd.DataFrame, detail: bool = False) -> pd.DataFrame:
@@ -545,7 +545,17 @@ def compare_ablation(study, perf: pd.DataFrame, detail: bool = False) -> pd.Data
             res, truth = wf.simulation_results(study, f"6-robustness/{scen}")
             frames.append(replication_table(res, truth, ["pmse"], wf.USABLE).assign(scenario=scen))
         reps = pd.concat(frames, ignore_index=True)
-    return ablation_claims(perf, reps, roles, study.objective, wf.level_of_parameters(), detail=detail)
+    return ablation_claims(perf, reps, roles, study.objective, _level_of(study), detail=detail)
+
+
+def _level_of(study) -> dict:
+    """``{parameter: "student" | "school"}`` from the workflow (whether it takes the study or not)."""
+    import inspect
+
+    from . import workflow as wf
+
+    f = wf.level_of_parameters
+    return f(study) if inspect.signature(f).parameters else f()
 
 
 def verdict_sentence(claims: pd.DataFrame) -> str:
