@@ -565,8 +565,8 @@ def verdict_sentence(claims: pd.DataFrame) -> str:
         return "No claim of the paper applies to this study's sources."
     counts = claims["verdict"].value_counts()
     n = {v: int(counts.get(v, 0)) for v in (YES, NO, INCONCLUSIVE)}
-    text = (f"Of {len(claims)} claims, {n[YES]} hold beyond Monte Carlo error (*yes*), {n[NO]} are contradicted "
-            f"beyond it (*no*) and {n[INCONCLUSIVE]} are *inconclusive* at this build's replications.")
+    text = (f"Verdicts of the {len(claims)} claims: {n[YES]} *yes* (the claim holds beyond Monte Carlo error), "
+            f"{n[NO]} *no* (contradicted beyond it), {n[INCONCLUSIVE]} *inconclusive* at this build's replications.")
     und = claims[claims["verdict"] == INCONCLUSIVE]
     if len(und):
         need = [int(x.split()[-1]) for x in und["replications to decide"] if x.startswith("about ")]

@@ -561,8 +561,9 @@ def evaluation_context(study: Study, summary: pd.DataFrame) -> dict:
     (:func:`fit_rates`), and the objective's own: the outcome behind each source's PMSE
     (:func:`outcome_levels`) or the SE-bias cells beyond Monte Carlo error (:func:`se_bias_table`)."""
     out = {"How the fits went: share of replications (MCSE)": (fit_rates(study), (
-        "A fit *failed* when it gave no usable estimate; it *fell back* when the random-slope model did not "
-        "converge or was singular and a random-intercept model was used instead (its predictions enter the PMSE); "
+        "A fit *failed* when it gave no usable estimate; a prediction rule's fit *fell back* when its random-slope "
+        "model did not converge or was singular and a random-intercept model was used instead (its predictions "
+        "enter the PMSE); "
         "*singular* fits have a variance on the boundary and enter the measures as lme4 users report them."))}
     if (summary["measure"] == "pmse").any():
         out["The outcome behind each source's PMSE"] = (outcome_levels(study, summary).round(3), (
@@ -598,9 +599,9 @@ def ablation_findings(study: Study, perf: pd.DataFrame) -> str:
             z = diff / se if se > 0 else np.nan
             moved += bool(abs(z) >= 2)
             what = r.method if study.objective == "prediction" else f"{r.measure} {r.parameter}"
-            parts.append(f"{what} {diff:+.3g} ({se:.2g}, z {z:+.1f})")
-        lines.append(f"- **{scen}** minus original: " + "; ".join(parts) + f". {moved} of {len(parts)} changes are "
-                     "beyond 2 MCSE.")
+            parts.append(f"{what} {diff:+.3g} ({se:.2g}, " + (f"z {z:+.1f})" if np.isfinite(z) else "no Monte Carlo "
+                                                               "variation)"))
+        lines.append(f"- **{scen}** minus original: " + "; ".join(parts) + f". Beyond 2 MCSE: {moved} of {len(parts)}.")
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def test_ablation_findings_give_each_change_with_its_mcse_and_z(study):
     text = wf.ablation_findings(study, perf)
     se = math.hypot(0.3, 0.3)
     assert text == (f"- **no-decomposition** minus original: OLSFE +2 ({se:.2g}, z {2 / se:+.1f}); Multilevel +0.3 "
-                    f"({se:.2g}, z {0.3 / se:+.1f}). 1 of 2 changes are beyond 2 MCSE.")
+                    f"({se:.2g}, z {0.3 / se:+.1f}). Beyond 2 MCSE: 1 of 2.")
 
 
 def test_ablation_original_note_compares_with_stage5(study):

@@ -335,3 +335,13 @@ def test_status_rates_count_fallbacks_beside_failures():
     assert r.loc[("B", "rate_warning"), "value"] == 0.5
     assert r.loc[("C", "rate_singular"), "value"] == 0.75 and r.loc[("C", "rate_error"), "value"] == 0.25
     assert r.loc[("A", "fallback"), "value"] == 0.0   # negative control
+
+
+def test_verdict_sentence_counts_and_reps_to_decide():
+    claims = pd.DataFrame({"verdict": ["yes", "no", "inconclusive", "inconclusive"],
+                           "replications to decide": ["decided with 100", "decided with 100", "about 250",
+                                                      "about 1600"]})
+    assert paper.verdict_sentence(claims) == (
+        "Verdicts of the 4 claims: 1 *yes* (the claim holds beyond Monte Carlo error), 1 *no* (contradicted beyond "
+        "it), 2 *inconclusive* at this build's replications. Deciding them would take about 250 to 1,600 "
+        "replications per condition (the MCSE shrinks as 1/√n, the differences being as estimated here).")
