@@ -498,15 +498,20 @@ def outcome_levels(study: Study, summary: pd.DataFrame, draws: int = 2) -> pd.Da
 
     The real data's values are computed on Stage 1's data; each generator's ICC is also shown as Stage 3
     measured it (``3-quality/table.csv``, mean over its candidates); a source's variances and ICC are
-    measured on ``draws`` data sets it generates at the real number of schools (Stage 3 writes no variances).  The
+    measured on ``draws`` data sets it generates at the real number of schools (Stage 3 writes no variances).
+    The within-school variance after the student predictors (:func:`within_residual_variance`: school
+    intercepts, common slopes) is the level a rule's PMSE approaches when schools differ only in their
+    intercepts; the rules add the estimation error of their coefficients, and gain where slopes vary.  The
     PMSE of the multilevel rule estimates the within-school variance left after the predictors, so a source
     whose outcome varies more within schools has a higher PMSE whatever the rules do."""
     from .icc import anova_components
 
-    def components(d, y_name):
+    def components(d, y_name, student):
         y = d.child[y_name].to_numpy(float)
-        c = anova_components(y, d.child[d.cluster_key].to_numpy())
-        return float(np.var(y, ddof=1)), c["sigma2"], c["icc"]
+        groups = d.child[d.cluster_key].to_numpy()
+        c = anova_components(y, groups)
+        return float(np.var(y, ddof=1)), c["sigma2"], c["icc"], within_residual_variance(d.child, y_name, student,
+                                                                                        d.cluster_key)
 
     data = real_data(study)
     q = pd.read_csv(study.require("3-quality/table.csv", made_by="3-quality"))
@@ -519,10 +524,12 @@ def outcome_levels(study: Study, summary: pd.DataFrame, draws: int = 2) -> pd.Da
         y_name = getattr(spec, "outcome", None)
         if y_name is None:
             raise ParamsError(f"file '{study.file}': source '{name}' has no prediction spec with an outcome")
-        comps = np.array([components(getattr(d, "data", d), y_name) for d in
+        student = tuple(getattr(spec, "student", ()))
+        comps = np.array([components(getattr(d, "data", d), y_name, student) for d in
                           (gen({"n_schools": data.n_clusters}, np.random.default_rng(sd)) for sd in seeds)])
         row = {"source": name, "outcome": y_name, "outcome variance": comps[:, 0].mean(),
-               "within-school variance": comps[:, 1].mean(), "ICC": comps[:, 2].mean()}
+               "within-school variance": comps[:, 1].mean(),
+               "within-school variance after the student predictors": comps[:, 3].mean(), "ICC": comps[:, 2].mean()}
         stage3 = q[q["dataset"].eq(name) & q["metric"].eq("ICC similarity") & q["variables"].eq(y_name)]
         row["ICC (Stage 3)"] = float(stage3["stat_syn"].mean()) if len(stage3) else np.nan
         for m in ("OLSFE", "Prior", "Multilevel"):
@@ -530,12 +537,27 @@ def outcome_levels(study: Study, summary: pd.DataFrame, draws: int = 2) -> pd.Da
             row[f"PMSE {m} ({nmax} schools)"] = float(c["value"].iloc[0]) if len(c) else np.nan
         rows.append(row)
         if name in study["generators"]:
-            real_outcome = y_name
+            real_outcome = (y_name, student)
     if real_outcome is not None:
-        v, w, icc = components(data, real_outcome)
-        rows.insert(0, {"source": "real data", "outcome": real_outcome, "outcome variance": v,
-                        "within-school variance": w, "ICC": icc})
+        v, w, icc, r = components(data, *real_outcome)
+        rows.insert(0, {"source": "real data", "outcome": real_outcome[0], "outcome variance": v,
+                        "within-school variance": w, "within-school variance after the student predictors": r,
+                        "ICC": icc})
     return pd.DataFrame(rows).set_index("source")
+
+
+def within_residual_variance(child: pd.DataFrame, outcome: str, predictors, cluster_key: str) -> float:
+    """Residual variance of ``outcome`` after school fixed effects and ``predictors`` (categorical ones as
+    indicators, the first level dropped): the within-school regression's SSR / (N - J - p)."""
+    X = pd.get_dummies(child[list(predictors)], drop_first=True, dtype=float) if predictors else \
+        pd.DataFrame(index=child.index)
+    g = child[cluster_key].to_numpy()
+    y = child[outcome].astype(float)
+    yd = (y - y.groupby(g).transform("mean")).to_numpy()
+    Xd = (X - X.groupby(g).transform("mean")).to_numpy(float)
+    resid = yd - Xd @ np.linalg.lstsq(Xd, yd, rcond=None)[0] if Xd.shape[1] else yd
+    n, j, p = len(yd), len(np.unique(g)), Xd.shape[1]
+    return float(resid @ resid / (n - j - p))
 
 
 def se_bias_table(summary: pd.DataFrame, digits: int = 1) -> tuple[pd.DataFrame, str]:

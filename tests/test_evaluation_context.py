@@ -82,3 +82,19 @@ def test_ablation_original_note_compares_with_stage5(study):
     s5["value"] = perf["value"].to_numpy()
     s5.to_csv(study.path("5-evaluate", "summary.csv"), index=False)
     assert "by at most 0 (the same replications)." in wf.ablation_original_note(study, perf)
+
+
+def test_within_residual_variance_matches_a_fixed_effects_regression():
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(3)
+    school = np.repeat(np.arange(12), 15)
+    x = rng.normal(size=school.size) + 0.3 * school
+    sex = rng.choice(["F", "M"], size=school.size)
+    y = 0.5 * school + 2.0 * x - 1.0 * (sex == "F") + rng.normal(scale=1.5, size=school.size)
+    child = pd.DataFrame({"sch": school.astype(str), "x": x, "sex": sex, "y": y})
+    fit = smf.ols("y ~ C(sch) + x + C(sex)", data=child).fit()
+    assert wf.within_residual_variance(child, "y", ("x", "sex"), "sch") == pytest.approx(fit.mse_resid, rel=1e-10)
+    # no predictors: the pooled within-school variance (ANOVA MSW)
+    msw = child.groupby("sch")["y"].apply(lambda v: ((v - v.mean()) ** 2).sum()).sum() / (len(y) - 12)
+    assert wf.within_residual_variance(child, "y", (), "sch") == pytest.approx(msw, rel=1e-12)
