@@ -10,7 +10,8 @@ A test gives one of three verdicts, never a bare "agrees":
 * **inconclusive** — the difference is within 2 MCSE of the decision's boundary; more replications would
   decide it (:func:`mlsimkit.performance.reps_to_decide` says how many).
 
-The comparisons, with z = estimate / MCSE throughout:
+The comparisons, with d the estimate and z its distance from the decision's boundary in MCSEs, positive
+where it supports the claim:
 
 ============  ======================================================================================
 test          verdict
@@ -30,6 +31,14 @@ yes, *no* when any part is no, *inconclusive* otherwise.  Differences between me
 methods were run on the same data sets, so the MCSE is that of the per-replication differences
 (:func:`mlsimkit.performance.paired_difference`).  Differences between numbers of schools or between
 ablation scenarios are between independent simulations: their MCSE is the root sum of squares.
+
+The claims: Demonstration 1 (:func:`prediction_claims`) — the multilevel rule has the lowest PMSE
+(AI-based, traditional), PMSE decreases with the number of schools (AI-based), the prior rule gets worse
+(traditional), the three rules are almost identical on CTGAN data (S5.1); Demonstration 2
+(:func:`recovery_claims`) — HLM less biased than OLS, IGM removes the bias, OLS ≈ HLM at school level (AI-based,
+traditional), coverage increases (AI-based) / decreases (traditional) / increases with the adjusted design
+(S5.2); Stage 6 (:func:`ablation_claims`) — Tables 5 and 6.  The margins (:data:`MARGINS`) are ours: the
+paper states none.
 
 Sources are named as in the study's params: the simulation generator (AI-based), ``ctgan`` (the CTGAN
 contrast of appendix S5.1), ``traditional`` and ``traditional-adjusted`` (appendix S5.2).
@@ -71,7 +80,8 @@ class Claim:
 
     ``text`` is the paper's sentence, ``source`` the data source it is tested on, ``quantity`` what is
     measured (in words, as the row shows it), ``test`` one of :data:`TESTS`, ``margin`` the equivalence
-    margin (``equivalent`` / ``differs``; in the quantity's units) and ``where`` the paper's section.
+    margin (``equivalent`` / ``differs``; in the quantity's units, or the relative share a ``margin`` column
+    of the evidence was computed with, as the quantity's text then says) and ``where`` the paper's section.
     """
 
     text: str
