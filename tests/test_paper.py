@@ -345,3 +345,20 @@ def test_verdict_sentence_counts_and_reps_to_decide():
         "Verdicts of the 4 claims: 1 *yes* (the claim holds beyond Monte Carlo error), 1 *no* (contradicted beyond "
         "it), 2 *inconclusive* at this build's replications. Deciding them would take about 250 to 1,600 "
         "replications per condition (the MCSE shrinks as 1/√n, the differences being as estimated here).")
+
+
+def test_verdict_plot_draws_every_part_once_and_clips():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mlsimkit.plots_performance import verdict_plot
+
+    detail = pd.DataFrame({"paper says": ["a", "a", "b"], "source": "s", "z": [0.5, 3.0, -40.0],
+                           "verdict": ["inconclusive", "yes", "no"]})
+    fig = verdict_plot(detail)
+    ax = fig.axes[0]
+    pts = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+    assert sorted(map(tuple, pts.tolist())) == [(-10.0, 1.0), (0.5, 0.0), (3.0, 0.0)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    with pytest.raises(Exception, match="detail=True"):
+        verdict_plot(detail.drop(columns="z"))
