@@ -588,7 +588,7 @@ def evaluation_context(study: Study, summary: pd.DataFrame) -> dict:
         "enter the PMSE); "
         "*singular* fits have a variance on the boundary and enter the measures as lme4 users report them."))}
     if (summary["measure"] == "pmse").any():
-        out["The outcome behind each source's PMSE"] = (outcome_levels(study, summary).round(3), (
+        out["The outcome behind each source's PMSE"] = (outcome_levels(study, summary).round(3).T, (
             "The multilevel rule's PMSE estimates the outcome's within-school variance left after the predictors: "
             "a source whose outcome varies more within schools, or depends less on the predictors, has a higher "
             "PMSE whatever the rules do, and a source with a near-zero ICC leaves the school effects nothing to "
