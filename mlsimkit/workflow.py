@@ -589,10 +589,11 @@ def evaluation_context(study: Study, summary: pd.DataFrame) -> dict:
         "*singular* fits have a variance on the boundary and enter the measures as lme4 users report them."))}
     if (summary["measure"] == "pmse").any():
         out["The outcome behind each source's PMSE"] = (outcome_levels(study, summary).round(3).T, (
-            "The multilevel rule's PMSE estimates the outcome's within-school variance left after the predictors: "
-            "a source whose outcome varies more within schools, or depends less on the predictors, has a higher "
-            "PMSE whatever the rules do, and a source with a near-zero ICC leaves the school effects nothing to "
-            "add."))
+            "A rule's PMSE is, up to the estimation error of its coefficients, the within-school variance the "
+            "predictors leave (the row *after the student predictors*; less where school slopes vary and a rule "
+            "uses them): a source whose outcome varies more within schools, or depends less on the predictors, "
+            "has a higher PMSE whatever the rules do, and a source with a near-zero ICC leaves the school effects "
+            "nothing to add. The real data's row shows what a real sample of schools would give."))
     if (summary["measure"] == "relerror").any():
         out["Relative SE bias (%), MCSE in parentheses"] = se_bias_table(summary)
     return out
