@@ -244,11 +244,10 @@ def evaluate(claim: Claim, evidence) -> dict:
     must show the trend."""
     if claim.test in ("increases", "decreases"):
         series = evidence if isinstance(evidence, dict) else {"": evidence}
+        if any(lv is None or len(lv) < 2 for lv in series.values()):
+            return _untestable(claim, "a trend needs at least two numbers of schools")
         verdicts, measured, zs, parts = [], [], [], []
         for label, lv in series.items():
-            if lv is None or len(lv) < 2:
-                raise PaperError(f"claim '{claim.text}': '{label or claim.source}' has fewer than two numbers "
-                                 "of schools; a trend needs every size")
             v, facts, steps = trend(lv, claim.test)
             verdicts.append(v)
             lead = f"{label}: " if label else ""
@@ -263,11 +262,18 @@ def evaluate(claim: Claim, evidence) -> dict:
         n = int(parts["n"].min())
         return _row(claim, combine(verdicts), "; ".join(measured), "; ".join(zs), _reps_needed(parts), n, parts)
     if not isinstance(evidence, pd.DataFrame) or evidence.empty:
-        raise PaperError(f"claim '{claim.text}': no evidence for source '{claim.source}'")
+        return _untestable(claim, "no replications hold the quantity (a method or parameter is missing)")
     parts = decide_parts(evidence, claim.test, claim.margin)
     measured = "; ".join(f"{r.part}: {_num(r.estimate)} ({_num(r.mcse)})" for r in parts.itertuples())
     zs = ", ".join(_z(z) for z in parts["z"])
     return _row(claim, combine(parts["verdict"]), measured, zs, _reps_needed(parts), int(parts["n"].min()), parts)
+
+
+def _untestable(claim: Claim, why: str) -> dict:
+    parts = pd.DataFrame(columns=["part", "estimate", "mcse", "n", "z", "verdict", "distance"])
+    row = _row(claim, INCONCLUSIVE, "—", "", None, None, parts)
+    row["replications to decide"] = f"not testable here: {why}"
+    return row
 
 
 def _stack(frames: dict, margin_of=None) -> pd.DataFrame:

@@ -362,3 +362,16 @@ def test_verdict_plot_draws_every_part_once_and_clips():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
     with pytest.raises(Exception, match="detail=True"):
         verdict_plot(detail.drop(columns="z"))
+
+
+def test_a_claim_the_design_cannot_test_is_inconclusive_and_says_why():
+    reps = _prediction((0.5, 0.5))
+    one_size = reps[reps["n_schools"] == 10]
+    out = paper.prediction_claims(one_size, "ai").set_index("paper says")
+    assert out.loc[DECREASES, "verdict"] == "inconclusive"
+    assert out.loc[DECREASES, "replications to decide"] == \
+        "not testable here: a trend needs at least two numbers of schools"
+    no_prior = reps[reps["method"] != "Prior"]
+    out = paper.prediction_claims(no_prior, "ai").set_index("paper says")
+    assert out.loc[LOWEST_AI, "verdict"] == "yes"  # decided on the OLSFE parts alone
+    assert out.loc[LOWEST_AI, "z"] == "+5.0, +5.0, +5.0"
