@@ -402,3 +402,139 @@ def plan_reps(
         return int(math.ceil(p * (1 - p) / target_mcse**2 - 1e-9))
     raise PerformanceError(f"plan_reps knows measures bias, empse, coverage, power, fail_rate; for "
                            f"'{measure}' give a pilot summary")
+
+
+# ------------------------------------------------------------------------------- paired differences
+#: The measures that are means over replications, with the per-replication quantity they average.
+PER_REPLICATION = {
+    "pmse": "the data set's mean squared prediction error (pred_error)",
+    "bias": "estimate - truth",
+    "rel_bias": "100 (estimate - truth) / truth",
+    "coverage": "1 if the interval holds the truth, else 0",
+}
+
+
+def per_replication(results: pd.DataFrame, truth: Any = None, by: Sequence[str] | None = None,
+                    measure: str = "pmse", usable: Iterable[str] = ("ok", "warning")) -> pd.DataFrame:
+    """The per-replication contributions of a measure that is a mean over replications.
+
+    ``pmse``, ``bias``, ``rel_bias`` and ``coverage`` (:data:`PER_REPLICATION`) are means of one number per
+    usable replication; this returns those numbers, one row per (by..., method, parameter, rep) with a
+    ``value`` column, so that two methods run on the same data sets can be compared replication by
+    replication (:func:`paired_difference`).  The mean of ``value`` within a group equals the measure of
+    :func:`summarise` on the same ``usable`` statuses.
+    """
+    if measure not in PER_REPLICATION:
+        raise PerformanceError(f"per_replication knows the measures {list(PER_REPLICATION)}, got '{measure}'")
+    if not isinstance(results, pd.DataFrame):
+        raise PerformanceError(f"results must be a DataFrame, got {type(results).__name__}")
+    need = {"pmse": ["pred_error"], "coverage": ["estimate", "ci_lower", "ci_upper"]}.get(measure, ["estimate"])
+    missing = [c for c in ["method", "parameter", "rep", *need] if c not in results]
+    if missing:
+        raise PerformanceError(f"results lack column(s) {missing} needed for per-replication '{measure}'")
+    res = results.copy()
+    if "condition" not in res:
+        res["condition"] = ""
+    if "status" not in res:
+        res["status"] = "ok"
+    by = ["condition", *factor_columns(results)] if by is None else list(by)
+    bad = [b for b in by if b not in res]
+    if bad:
+        raise PerformanceError(f"by names column(s) {bad} that the results do not have")
+    ok = res["status"].isin(set(usable))
+    if measure == "pmse":
+        val = pd.to_numeric(res["pred_error"], errors="coerce")
+    else:
+        th = _attach_truth(res, truth).to_numpy(float)
+        est = pd.to_numeric(res["estimate"], errors="coerce").to_numpy(float)
+        if measure == "bias":
+            val = est - th
+        elif measure == "rel_bias":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                val = np.where(th != 0, 100 * (est - th) / th, np.nan)
+        else:
+            lo, hi = (pd.to_numeric(res[c], errors="coerce").to_numpy(float) for c in ("ci_lower", "ci_upper"))
+            val = np.where(np.isfinite(lo) & np.isfinite(hi) & np.isfinite(th) & np.isfinite(est),
+                           ((lo <= th) & (th <= hi)).astype(float), np.nan)
+        val = pd.Series(val, index=res.index)
+    out = res.loc[ok, by + ["method", "parameter", "rep"]].assign(value=val[ok].to_numpy(float))
+    return out[np.isfinite(out["value"])].reset_index(drop=True)
+
+
+def paired_difference(a, b) -> tuple[float, float, int]:
+    """Mean of ``a - b`` over the replications both hold, its MCSE ``sd(a - b) / sqrt(n)`` and n.
+
+    ``a`` and ``b`` are Series indexed by replication (e.g. two methods' per-replication values from
+    :func:`per_replication` on the same data sets).  Pairing removes the variation the two share (the
+    data set), so the MCSE of a difference between methods is usually far smaller than the two MCSEs
+    combined.  Replications usable for only one of the two are left out.
+    """
+    d = (pd.Series(a, dtype=float) - pd.Series(b, dtype=float)).dropna()
+    n = int(d.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    return float(d.mean()), (_sd(d.to_numpy()) / math.sqrt(n) if n > 1 else math.nan), n
+
+
+def reps_to_decide(distance: float, mcse: float, n_used: int, z: float = 2.0) -> int | None:
+    """Replications that would put ``distance`` (an estimate's distance from the boundary of a decision,
+    e.g. a difference from 0 or from an equivalence margin) ``z`` MCSEs away from it, assuming the MCSE
+    shrinks as 1/sqrt(n) (:func:`plan_reps` with a pilot of ``n_used`` replications).  None when the
+    distance is 0 or not finite, or the answer exceeds a billion (no practical number would decide)."""
+    if not (np.isfinite(distance) and np.isfinite(mcse)) or distance == 0 or n_used < 1:
+        return None
+    if n_used * (z * mcse / distance) ** 2 > 1e9:
+        return None
+    pilot = pd.DataFrame({"measure": ["difference"], "mcse": [float(mcse)], "n_used": [int(n_used)]})
+    return int(plan_reps(abs(float(distance)) / z, pilot=pilot)["reps_needed"].iloc[0])
+
+
+def status_rates(results: pd.DataFrame, by: Sequence[str], notes: Mapping[str, str] | None = None,
+                 statuses: Sequence[str] = _STATUSES) -> pd.DataFrame:
+    """Share of fits per status, and of fits whose message contains each of ``notes``, with MCSE.
+
+    One row per (by..., method, rate) with ``value``, ``mcse`` (``sqrt(p (1 - p) / n)``) and ``n_reps``;
+    a fit is one (condition, rep, method), counted once whatever the number of its parameter rows.
+    ``notes`` maps a label to a substring of the ``message`` column (e.g. a fallback the method records
+    while still returning usable estimates), so such fits are counted beside the failures.
+    """
+    by = list(by)
+    missing = [c for c in [*by, "method", "rep"] if c not in results]
+    if missing:
+        raise PerformanceError(f"results lack column(s) {missing} needed for status rates")
+    keys = list(dict.fromkeys(by + ["condition", "method", "rep"] if "condition" in results else by + ["method", "rep"]))
+    fits = results.copy()
+    if "status" not in fits:
+        fits["status"] = "ok"
+    fits["message"] = fits["message"].fillna("").astype(str) if "message" in fits else ""
+    fits = fits.groupby(keys, dropna=False, sort=False).agg(
+        status=("status", lambda s: next((x for x in ("error", "non-converged", "singular", "warning") if (s == x).any()),
+                                         "ok")),
+        message=("message", " ".join)).reset_index()
+    out = []
+    for gkey, g in fits.groupby(by + ["method"], sort=False, dropna=False):
+        gkey = gkey if isinstance(gkey, tuple) else (gkey,)
+        base = dict(zip(by + ["method"], gkey))
+        flags = {f"rate_{s}": g["status"].to_numpy() == s for s in statuses}
+        for label, text in (notes or {}).items():
+            flags[label] = g["message"].str.contains(text, regex=False).to_numpy()
+        for rate, f in flags.items():
+            v, m = proportion(f)
+            out.append({**base, "rate": rate, "value": v, "mcse": m, "n_reps": len(g)})
+    return pd.DataFrame(out, columns=by + ["method", "rate", "value", "mcse", "n_reps"])
+
+
+def beyond_mcse(summary: pd.DataFrame, measure: str, reference: float = 0.0, z: float = 2.0) -> pd.DataFrame:
+    """The rows of ``measure`` with ``z = (value - reference) / mcse`` and ``beyond`` (|z| >= ``z``).
+
+    E.g. relative SE bias (``relerror``) against 0: a cell beyond 2 MCSE is a model SE that differs from
+    the empirical SE by more than Monte Carlo error; among K cells where the truth is ``reference``,
+    about 4.6% of K are beyond 2 MCSE by chance alone (``expected_by_chance``)."""
+    d = summary[summary["measure"] == measure].copy()
+    if d.empty:
+        raise PerformanceError(f"the summary has no measure '{measure}'; it has {sorted(summary['measure'].unique())}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d["z"] = (d["value"] - reference) / d["mcse"]
+    d["beyond"] = d["z"].abs() >= z
+    d.attrs["expected_by_chance"] = float(len(d) * math.erfc(z / math.sqrt(2)))
+    return d

@@ -6,6 +6,8 @@
 * Zip (zipper) plot: Morris, White & Crowther (2019), section 6 — every confidence interval as a
   horizontal line, ranked by the fractional centile of |z| = |estimate - truth| / SE, so the intervals
   that miss the truth sit at the top; the Monte Carlo interval of coverage is drawn across.
+* Verdict plot: every part of every claim of :mod:`mlsimkit.paper` as its z (distance from the decision's
+  boundary in MCSEs), one row per claim, with the inconclusive band |z| < 2 shaded.
 
 Each function returns a :class:`matplotlib.figure.Figure`.
 """
@@ -193,5 +195,39 @@ def zipper_plot(results: pd.DataFrame, truth: Any = None, parameter: str | None 
         ax.legend(frameon=False, fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("centile of |z|")
     axes[0][0].set_ylim(0, 100)
+    fig.tight_layout()
+    return fig
+
+
+def verdict_plot(detail: pd.DataFrame, ax: Any = None, clip: float = 10.0) -> plt.Figure:
+    """The z of every part of every claim (:func:`mlsimkit.paper.compare` with ``detail=True``): one row per
+    claim, a dot per part coloured by its verdict, the band |z| < 2 (inconclusive) shaded; |z| beyond
+    ``clip`` is drawn at ``clip`` with an open marker."""
+    missing = [c for c in ("paper says", "source", "z", "verdict") if c not in detail]
+    if missing:
+        raise PerformanceError(f"a verdict plot needs the claims' parts (compare(..., detail=True)); missing {missing}")
+    d = detail.assign(claim=detail["paper says"])
+    claims = list(dict.fromkeys(d["claim"]))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(9.0, 0.45 * len(claims) + 1.5))
+    else:
+        fig = ax.figure
+    ax.axvspan(-2, 2, color="0.85", lw=0, label="|z| < 2: inconclusive")
+    colours = {"yes": sns.color_palette("colorblind")[2], "no": sns.color_palette("colorblind")[3],
+               "inconclusive": "0.35"}
+    y = d["claim"].map({c: i for i, c in enumerate(claims)}).to_numpy(float)
+    z = d["z"].to_numpy(float)
+    zc = np.clip(np.nan_to_num(z, nan=0.0, posinf=clip, neginf=-clip), -clip, clip)
+    for verdict, colour in colours.items():
+        m = d["verdict"].to_numpy() == verdict
+        inside = m & (np.abs(zc) < clip)
+        ax.scatter(zc[inside], y[inside], color=colour, s=28, label=f"part: {verdict}", zorder=3)
+        ax.scatter(zc[m & ~inside], y[m & ~inside], facecolors="none", edgecolors=colour, s=28, zorder=3)
+    ax.set_yticks(range(len(claims)), [c if len(c) < 90 else c[:87] + "..." for c in claims], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-clip - 0.5, clip + 0.5)
+    ax.set_xlabel("z: distance from the decision's boundary in MCSEs (positive supports the claim)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / (len(claims) + 2)), ncol=4, fontsize=7,
+              frameon=False)
     fig.tight_layout()
     return fig

@@ -460,3 +460,197 @@ def findings(study: Study, summary: pd.DataFrame) -> str:
 def ablation_measures(study: Study) -> tuple:
     """The measures of the ablation table: Table 5 (PMSE) or Table 6 (bias, SE bias, coverage)."""
     return ("pmse",) if study.objective == "prediction" else ("rel_bias", "relerror", "coverage")
+
+
+# ============================================================================ Stage 5: what stands behind the numbers
+#: The message a prediction rule records when its random-slope model fell back to a random intercept.
+FALLBACK_NOTE = "fell back to random intercept"
+
+
+def fit_rates(study: Study, which: str = "4-simulate", digits: int = 3) -> pd.DataFrame:
+    """Per source and method (rows) and number of schools (columns): the share of fits that failed (status
+    error or non-converged: no usable estimate), that fell back to a random intercept, and that were singular
+    (usable estimates of a model with a variance on the boundary), each ``value (MCSE)``.  Rows that are 0 in
+    every condition are left out except the failure row, so a reader sees every way a fit went wrong."""
+    from .performance import status_rates
+
+    res, _ = simulation_results(study, which)
+    r = status_rates(res, by=["source", "n_schools"], notes={"fell back to random intercept": FALLBACK_NOTE})
+    wide = r.pivot_table(index=["source", "n_schools", "method"], columns="rate", values="value", sort=False)
+    n = r.groupby(["source", "n_schools", "method"], sort=False)["n_reps"].first()
+    failed = wide.reindex(columns=["rate_error", "rate_non-converged"], fill_value=0.0).sum(axis=1)
+    rows = {"failed": failed, "fell back to random intercept": wide["fell back to random intercept"],
+            "singular": wide["rate_singular"]}
+    out = []
+    for fit, v in rows.items():
+        se = np.sqrt(v * (1 - v) / n)
+        out.append(pd.DataFrame({"fit": fit, "value": v, "mcse": se}).reset_index())
+    out = pd.concat(out, ignore_index=True)
+    keep = out.groupby(["source", "method", "fit"])["value"].transform("max").gt(0) | out["fit"].eq("failed")
+    out = out[keep]
+    out["cell"] = [f"{v:.{digits}f} ({m:.{digits}f})" for v, m in zip(out["value"], out["mcse"])]
+    return out.pivot_table(index=["source", "method", "fit"], columns="n_schools", values="cell", aggfunc="first",
+                           sort=False)
+
+
+def outcome_levels(study: Study, summary: pd.DataFrame, draws: int = 2) -> pd.DataFrame:
+    """Each source's PMSE next to the outcome it predicts: total and within-school variance and ICC.
+
+    The real data's values are computed on Stage 1's data; each generator's ICC is also shown as Stage 3
+    measured it (``3-quality/table.csv``, mean over its candidates); a source's variances and ICC are
+    measured on ``draws`` data sets it generates at the real number of schools (Stage 3 writes no variances).
+    The within-school variance after the student predictors (:func:`within_residual_variance`: school
+    intercepts, common slopes) is the level a rule's PMSE approaches when schools differ only in their
+    intercepts; the rules add the estimation error of their coefficients, and gain where slopes vary.  The
+    PMSE of the multilevel rule estimates the within-school variance left after the predictors, so a source
+    whose outcome varies more within schools has a higher PMSE whatever the rules do."""
+    from .icc import anova_components
+
+    def components(d, y_name, student):
+        y = d.child[y_name].to_numpy(float)
+        groups = d.child[d.cluster_key].to_numpy()
+        c = anova_components(y, groups)
+        return float(np.var(y, ddof=1)), c["sigma2"], c["icc"], within_residual_variance(d.child, y_name, student,
+                                                                                        d.cluster_key)
+
+    data = real_data(study)
+    q = pd.read_csv(study.require("3-quality/table.csv", made_by="3-quality"))
+    pm = summary[summary["measure"] == "pmse"]
+    nmax = pm["n_schools"].max() if len(pm) else None
+    seeds = np.random.SeedSequence([int(study["seed"]), 17]).spawn(draws)
+    rows, real_outcome = [], None
+    for name, (gen, methods, _) in sources(study, data).items():
+        spec = getattr(next(iter(methods.values())), "keywords", {}).get("spec")
+        y_name = getattr(spec, "outcome", None)
+        if y_name is None:
+            raise ParamsError(f"file '{study.file}': source '{name}' has no prediction spec with an outcome")
+        student = tuple(getattr(spec, "student", ()))
+        comps = np.array([components(getattr(d, "data", d), y_name, student) for d in
+                          (gen({"n_schools": data.n_clusters}, np.random.default_rng(sd)) for sd in seeds)])
+        row = {"source": name, "outcome": y_name, "outcome variance": comps[:, 0].mean(),
+               "within-school variance": comps[:, 1].mean(),
+               "within-school variance after the student predictors": comps[:, 3].mean(), "ICC": comps[:, 2].mean()}
+        stage3 = q[q["dataset"].eq(name) & q["metric"].eq("ICC similarity") & q["variables"].eq(y_name)]
+        row["ICC (Stage 3)"] = float(stage3["stat_syn"].mean()) if len(stage3) else np.nan
+        for m in ("OLSFE", "Prior", "Multilevel"):
+            c = pm[(pm["source"] == name) & (pm["method"] == m) & (pm["n_schools"] == nmax)]
+            row[f"PMSE {m} ({nmax} schools)"] = float(c["value"].iloc[0]) if len(c) else np.nan
+        rows.append(row)
+        if name in study["generators"]:
+            real_outcome = (y_name, student)
+    if real_outcome is not None:
+        v, w, icc, r = components(data, *real_outcome)
+        rows.insert(0, {"source": "real data", "outcome": real_outcome[0], "outcome variance": v,
+                        "within-school variance": w, "within-school variance after the student predictors": r,
+                        "ICC": icc})
+    return pd.DataFrame(rows).set_index("source")
+
+
+def within_residual_variance(child: pd.DataFrame, outcome: str, predictors, cluster_key: str) -> float:
+    """Residual variance of ``outcome`` after school fixed effects and ``predictors`` (categorical ones as
+    indicators, the first level dropped): the within-school regression's SSR / (N - J - p)."""
+    X = pd.get_dummies(child[list(predictors)], drop_first=True, dtype=float) if predictors else \
+        pd.DataFrame(index=child.index)
+    g = child[cluster_key].to_numpy()
+    y = child[outcome].astype(float)
+    yd = (y - y.groupby(g).transform("mean")).to_numpy()
+    Xd = (X - X.groupby(g).transform("mean")).to_numpy(float)
+    resid = yd - Xd @ np.linalg.lstsq(Xd, yd, rcond=None)[0] if Xd.shape[1] else yd
+    n, j, p = len(yd), len(np.unique(g)), Xd.shape[1]
+    return float(resid @ resid / (n - j - p))
+
+
+def se_bias_table(summary: pd.DataFrame, digits: int = 1) -> tuple[pd.DataFrame, str]:
+    """Relative SE bias (%) per source, parameter and method (rows) and number of schools, ``value (MCSE)``
+    with ``*`` where it is beyond 2 MCSE of 0, and a sentence saying how many cells are and how many
+    would be by chance alone."""
+    from .performance import beyond_mcse
+
+    d = beyond_mcse(summary, "relerror")
+    d["cell"] = [f"{v:+.{digits}f} ({m:.{digits}f})" + (" *" if b else "")
+                 for v, m, b in zip(d["value"], d["mcse"], d["beyond"])]
+    t = d.pivot_table(index=["source", "parameter", "method"], columns="n_schools", values="cell", aggfunc="first",
+                      sort=False)
+    k, n, chance = int(d["beyond"].sum()), len(d), d.attrs["expected_by_chance"]
+    text = (f"{k} of {n} SE-bias cells (marked *) are beyond 2 MCSE of 0; if every model SE were unbiased, about "
+            f"{chance:.1f} would be by chance alone, so an isolated * at one number of schools is weak evidence "
+            "until more replications confirm it.")
+    return t, text
+
+
+def evaluation_context(study: Study, summary: pd.DataFrame) -> dict:
+    """Stage 5's tables that explain its numbers: ``{title: (table, sentence)}`` — how the fits went
+    (:func:`fit_rates`), and the objective's own: the outcome behind each source's PMSE
+    (:func:`outcome_levels`) or the SE-bias cells beyond Monte Carlo error (:func:`se_bias_table`)."""
+    out = {"How the fits went: share of replications (MCSE)": (fit_rates(study), (
+        "A fit *failed* when it gave no usable estimate; a prediction rule's fit *fell back* when its random-slope "
+        "model did not converge or was singular and a random-intercept model was used instead (its predictions "
+        "enter the PMSE); "
+        "*singular* fits have a variance on the boundary and enter the measures as lme4 users report them."))}
+    if (summary["measure"] == "pmse").any():
+        out["The outcome behind each source's PMSE"] = (outcome_levels(study, summary).round(3).T, (
+            "A rule's PMSE is, up to the estimation error of its coefficients, the within-school variance the "
+            "predictors leave (the row *after the student predictors*; less where school slopes vary and a rule "
+            "uses them): a source whose outcome varies more within schools, or depends less on the predictors, "
+            "has a higher PMSE whatever the rules do, and a source with a near-zero ICC leaves the school effects "
+            "nothing to add. The real data's row shows what a real sample of schools would give."))
+    if (summary["measure"] == "relerror").any():
+        out["Relative SE bias (%), MCSE in parentheses"] = se_bias_table(summary)
+    return out
+
+
+# ============================================================================ Stage 6: findings
+def ablation_findings(study: Study, perf: pd.DataFrame) -> str:
+    """Markdown bullets: for each scenario, each measure of Tables 5/6 (:func:`ablation_measures`) as the
+    change from the original with its MCSE and z (scenarios are independent simulations: the MCSE of a
+    change is the root sum of squares).  Prediction: all three rules; recovery: OLS+IGM, the model of
+    Table 6."""
+    measures = ablation_measures(study)
+    d = perf[perf["measure"].isin(measures)]
+    if study.objective != "prediction":
+        d = d[d["method"] == "OLS+IGM"]
+    orig = d[d["scenario"] == "original"].set_index(["method", "parameter", "measure"])
+    lines = []
+    for scen, g in d[d["scenario"] != "original"].groupby("scenario", sort=False):
+        parts, moved = [], 0
+        for r in g.itertuples():
+            key = (r.method, r.parameter, r.measure)
+            if key not in orig.index:
+                continue
+            o = orig.loc[key]
+            diff, se = r.value - o["value"], float(np.hypot(r.mcse, o["mcse"]))
+            z = diff / se if se > 0 else np.nan
+            moved += bool(abs(z) >= 2)
+            what = r.method if study.objective == "prediction" else f"{r.measure} {r.parameter}"
+            parts.append(f"{what} {diff:+.3g} ({se:.2g}, " + (f"z {z:+.1f})" if np.isfinite(z) else "no Monte Carlo "
+                                                               "variation)"))
+        lines.append(f"- **{scen}** minus original: " + "; ".join(parts) + f". Beyond 2 MCSE: {moved} of {len(parts)}.")
+    return "\n".join(lines)
+
+
+def ablation_original_note(study: Study, perf: pd.DataFrame) -> str:
+    """What the ``original`` scenario is, checked against Stage 5: the Stage 2 model (same data and settings,
+    from the model cache), simulated at ``ablation.n_schools`` with the same seeds as Stage 4, so where Stage 4
+    ran that number of schools with as many replications its rows repeat Stage 5's; its quality rows come
+    from its own ``ablation.quality.candidates`` data sets, not Stage 3's."""
+    n = int(study["ablation"]["n_schools"])
+    k = int(study["ablation"].get("quality", {}).get("candidates", 3))
+    text = (f"The *original* scenario is the Stage 2 model (same data and settings, taken from the model cache), "
+            f"simulated at {n} schools with the same seeds as Stage 4; its quality rows come from {k} fresh "
+            "candidate data sets, not Stage 3's.")
+    p = study.path("5-evaluate", "summary.csv")
+    if not p.exists():
+        return text
+    s5 = pd.read_csv(p)
+    s5 = s5[(s5["n_schools"] == n) & (s5["source"] == simulation_generator(study))]
+    o = perf[perf["scenario"] == "original"]
+    m = o.merge(s5, on=["method", "parameter", "measure"], suffixes=("", "_5"))
+    m = m[np.isfinite(m["value"]) & np.isfinite(m["value_5"])]
+    if m.empty:
+        return text + f" Stage 4 did not run {n} schools, so there are no Stage 5 rows to compare with."
+    gap = float((m["value"] - m["value_5"]).abs().max())
+    same = bool((m["n_reps"] == m["n_reps_5"]).all())
+    return text + (f" Its {len(m)} measures at {n} schools differ from Stage 5's by at most {gap:.3g}"
+                   + (" (the same replications)." if same and gap < 1e-9 else
+                      f" (Stage 5 used {int(m['n_reps_5'].iloc[0])} replications, this stage "
+                      f"{int(m['n_reps'].iloc[0])})."))

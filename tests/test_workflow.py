@@ -1,4 +1,4 @@
-"""The study-level glue: the generator choice, the ablation tables and the paper's claims on tiny tables."""
+"""The study-level glue: the generator choice, the ablation tables (the paper's claims: tests/test_paper.py)."""
 
 import json
 import shutil
@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import mlsimkit.paper as paper
 import mlsimkit.study as st
 import mlsimkit.workflow as wf
 
@@ -58,31 +57,6 @@ def test_half_of_schools_is_a_seeded_half():
     a, b = wf.half_of_schools(hsb, 1), wf.half_of_schools(hsb, 1)
     assert a.n_clusters == 80 and a.equals(b)
     assert not wf.half_of_schools(hsb, 2).equals(a)
-
-
-def _pmse(source, values):
-    rows = []
-    for n, per in values.items():
-        for m, v in per.items():
-            rows.append({"source": source, "n_schools": n, "method": m, "parameter": "PMSE", "measure": "pmse",
-                         "value": v, "mcse": 0.1})
-    return rows
-
-
-def test_prediction_claims_on_a_hand_made_summary():
-    summary = pd.DataFrame(
-        _pmse("clavaddpm", {10: {"OLSFE": 5.0, "Prior": 5.2, "Multilevel": 4.5},
-                            50: {"OLSFE": 4.0, "Prior": 4.1, "Multilevel": 3.9}})
-        + _pmse("traditional", {10: {"OLSFE": 0.5, "Prior": 0.7, "Multilevel": 0.52},
-                                50: {"OLSFE": 0.5, "Prior": 0.75, "Multilevel": 0.49}})
-        + _pmse("ctgan", {10: {"OLSFE": 3.0, "Prior": 3.01, "Multilevel": 3.02},
-                          50: {"OLSFE": 3.0, "Prior": 3.0, "Multilevel": 3.0}}))
-    out = paper.prediction_claims(summary, "clavaddpm").set_index("paper says")["agrees"]
-    assert out["AI-based: the multilevel rule has the lowest PMSE"] == "yes"
-    assert out["traditional: the multilevel rule has the lowest PMSE"] == "no"  # OLSFE wins at 10
-    assert out["AI-based: PMSE decreases as the number of schools grows, for all three rules"] == "yes"
-    assert out["traditional: the prior rule gets worse as the number of schools grows"] == "yes"
-    assert out["CTGAN data (S5.1): the three rules behave almost identically"] == "yes"
 
 
 def test_ablation_performance_table_formats_value_and_mcse():
