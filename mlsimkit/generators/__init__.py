@@ -13,7 +13,7 @@ name                   class
 draw replications from a large pre-generated pool of synthetic schools.
 """
 
-from .base import FORMAT_VERSION, Generator, as_rng, load, make_ids
+from .base import FORMAT_VERSION, SUFFIX, Generator, as_rng, load, make_ids
 from .bootstrap import SchoolBootstrap
 from .ctgan_clca import CTGANGenerator
 from .parametric import ParametricGenerator
@@ -66,6 +66,6 @@ def make(name: str, **settings) -> Generator:
 
 
 __all__ = [
-    "Generator", "load", "as_rng", "make_ids", "FORMAT_VERSION", "make", "NAMES",
+    "Generator", "load", "as_rng", "make_ids", "FORMAT_VERSION", "SUFFIX", "make", "NAMES",
     "ClavaDDPMGenerator", "CTGANGenerator", "ParametricGenerator", "SchoolBootstrap", "SchoolPool",
 ]
