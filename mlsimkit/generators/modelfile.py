@@ -436,6 +436,8 @@ def _old_pickle_version(path: Path) -> Any:
         with open(path, "rb") as fh:
             prev = None
             for n, (op, arg, _) in enumerate(pickletools.genops(fh)):
+                if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME"):
+                    continue
                 if prev == "format_version" and op.name in ("BININT1", "BININT2", "BININT", "INT"):
                     return arg
                 prev = arg if isinstance(arg, str) else None
