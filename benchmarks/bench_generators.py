@@ -3,6 +3,7 @@ school-level fidelity under CLCA, the naive alignment and none.
 
     python benchmarks/bench_generators.py [--generators ctgan parametric bootstrap clavaddpm]
                                           [--epochs 30] [--reps 5] [--pool-size 5000] [--seeds 5]
+                                          [--fast-fit]
 
 Figures printed (medians over ``--reps`` timed calls; the machine is shared, so expect noise):
 
@@ -12,7 +13,12 @@ Figures printed (medians over ``--reps`` timed calls; the machine is shared, so 
   ``pool.sample(160, seed=s)`` per replication;
 * for CTGAN: per school-level variable, the KS complement (numerical) or TV complement (categorical)
   of the synthetic school table against the real one, under each alignment applied to the same raw
-  CTGAN rows (``--seeds`` samples of 160 schools), plus CP-SAT status and solve time.
+  CTGAN rows (``--seeds`` samples of 160 schools), plus CP-SAT status and solve time;
+* saved-model round trip, per generator and for its pool: median seconds of ``save`` and ``load`` in the
+  safe format (:mod:`mlsimkit.generators.modelfile`: JSON metadata + numpy arrays, content hash checked
+  on load) against pickling the same object (format version 2), the file sizes and the ratios.
+  ``--fast-fit`` trains the diffusion model for 200 steps per network (same network sizes, so the same
+  file size; for timing the round trip without a minute of training).
 
 Measured 2026-11-23 on the 2-core machine, idle apart from this benchmark (HSB, 160 schools per data set;
 single runs for training, medians of 5-20 calls for sampling; torch's default two threads):
@@ -25,6 +31,11 @@ parametric  1.3 s          8.0e5               0.35 s              1.4e6
 ctgan       95 s (50 ep.)  2.3e4               20 s                1.3e6
 clavaddpm   63 s           2.4e4               7.3 s               1.2e6
 ==========  =============  ==================  ==================  =================
+
+Saved-model round trip (2026-12-02, same machine shared with other jobs; ``--epochs 2 --fast-fit
+--pool-size 2000 --reps 5``; medians; "pickle" is what format version 2 did):
+
+ROUNDTRIP_TABLE
 
 The diffusion generator samples 26,000-31,000 students/s on *one* thread (``bench_diffusion.py``), the
 setting the study params use.
@@ -39,7 +50,9 @@ for Sector and HIMINTY in every sample, 0.03-0.09 s at 160 schools, 6-8 s per va
 from __future__ import annotations
 
 import argparse
+import pickle
 import statistics
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -85,6 +98,29 @@ def timed(fn, reps):
     return statistics.median(times), out
 
 
+def round_trip(label: str, gen, reps: int, folder: Path) -> dict:
+    """Median save / load seconds of the safe format and of a pickle of the same generator."""
+    from mlsimkit.generators import load
+
+    safe, pkl = folder / f"{label}.zip", folder / f"{label}.pkl"
+
+    def pickle_save(_):
+        with open(pkl, "wb") as fh:
+            pickle.dump({"format_version": 2, "generator": gen}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def pickle_load(_):
+        with open(pkl, "rb") as fh:
+            return pickle.load(fh)["generator"]
+
+    save_s, _ = timed(lambda r: gen.save(safe), reps)
+    load_s, _ = timed(lambda r: load(safe), reps)
+    psave_s, _ = timed(pickle_save, reps)
+    pload_s, _ = timed(pickle_load, reps)
+    return {"model": label, "save_s": save_s, "load_s": load_s, "pickle_save_s": psave_s,
+            "pickle_load_s": pload_s, "round_trip_ratio": (save_s + load_s) / (psave_s + pload_s),
+            "MB": safe.stat().st_size / 1e6, "pickle_MB": pkl.stat().st_size / 1e6}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generators", nargs="+", default=["bootstrap", "parametric", "ctgan", "clavaddpm"])
@@ -93,14 +129,17 @@ def main(argv=None):
     ap.add_argument("--pool-size", type=int, default=5000)
     ap.add_argument("--seeds", type=int, default=5, help="CTGAN samples for the alignment comparison")
     ap.add_argument("--n-clusters", type=int, default=160)
+    ap.add_argument("--fast-fit", action="store_true", help="clavaddpm: 200 steps per network")
     args = ap.parse_args(argv)
 
     hsb = ds.load("hsb")
     n = args.n_clusters
-    rows = []
+    rows, trips = [], []
     fitted = {}
     for name in args.generators:
         settings = {"epochs": args.epochs} if name == "ctgan" else {}
+        if name == "clavaddpm" and args.fast_fit:
+            settings = {"steps": 200, "school_steps": 200, "classifier_steps": 200}
         try:
             gen = make(name, **settings)
         except Exception as exc:  # noqa: BLE001 - e.g. clavaddpm not installed
@@ -117,6 +156,9 @@ def main(argv=None):
         pool.build()
         build_s = time.perf_counter() - t0
         pooled_s, dp = timed(lambda r: pool.sample(n, seed=2000 + r), max(args.reps, 20))
+        with tempfile.TemporaryDirectory() as tmp:
+            trips.append(round_trip(name, gen, args.reps, Path(tmp)))
+            trips.append(round_trip(f"pool({args.pool_size}) of {name}", pool, args.reps, Path(tmp)))
         rows.append({
             "generator": name, "fit_s": fit_s, "fresh_s_per_dataset": fresh_s,
             "fresh_students_per_s": n_students / fresh_s, "pool_size": args.pool_size,
@@ -126,6 +168,8 @@ def main(argv=None):
         print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
     print("\n== training and sampling on HSB (n_clusters = %d) ==" % n)
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("\n== saved-model round trip: safe format (zip of JSON + numpy arrays) vs pickle ==")
+    print(pd.DataFrame(trips).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
     if "ctgan" in fitted:
         gen = fitted["ctgan"]
