@@ -34,9 +34,9 @@ Trust
 Unpickling runs code, so a member ``pickle/*`` is read only when the caller says ``trust=True`` (params:
 ``trust_model_files: true``) or the file carries a valid ``signature``: an HMAC-SHA256 of its content hash
 under a key that this user's mlsimkit created on this machine (``~/.config/mlsimkit/model-key``, or the
-file named by the environment variable ``MLSIMKIT_MODEL_KEY``). Every file mlsimkit writes is signed, so
-models a project trained itself (its model cache, its ``2-train/models``) load without the flag, while a
-model file from anyone else (a fork's ``runs/_models/``, a download) is refused with an error that says
+file named by the environment variable ``MLSIMKIT_MODEL_KEY``; see :func:`key_file`). Every file mlsimkit
+writes is signed, so models a project trained itself (its model cache, its ``2-train/models``) load
+without the flag, while a model file from anyone else (a fork's ``runs/_models/``, a download) is refused with an error that says
 why and how to opt in. The key never enters a file; anyone with it can sign, so keep it private.
 """
 
@@ -105,26 +105,47 @@ def _import(spec: str):
 
 # ============================================================================ trust key
 def key_file() -> Path:
-    """Where this user's signing key lives (``MLSIMKIT_MODEL_KEY`` or ``~/.config/mlsimkit/model-key``)."""
+    """Where this user's signing key lives: ``MLSIMKIT_MODEL_KEY`` if set, else
+    ``~/.config/mlsimkit/model-key``, else (a home that cannot be written, as on some CI runners)
+    ``<temp dir>/mlsimkit-<uid>/model-key``."""
     env = os.environ.get("MLSIMKIT_MODEL_KEY")
-    return Path(env) if env else Path.home() / ".config" / "mlsimkit" / "model-key"
+    if env:
+        return Path(env)
+    home = Path.home() / ".config" / "mlsimkit" / "model-key"
+    if home.is_file() or os.access(_existing_parent(home), os.W_OK):
+        return home
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"mlsimkit-{uid}" / "model-key"
+
+
+def _existing_parent(path: Path) -> Path:
+    for p in path.parents:
+        if p.exists():
+            return p
+    return path.parent
 
 
 def _key(create: bool) -> bytes | None:
+    """This user's signing key (created with mode 0600 on first use when ``create``); None if unavailable
+    (files are then unsigned, and a CTGAN model needs ``trust=True``)."""
     path = key_file()
     try:
+        if path.parent.exists() and hasattr(os, "getuid") and path.parent.stat().st_uid != os.getuid():
+            return None  # a folder someone else made (e.g. in a shared temp dir) cannot hold our key
         if path.is_file():
             return bytes.fromhex(path.read_text().strip())
         if not create:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
         return bytes.fromhex(path.read_text().strip())
     except FileExistsError:  # another process created it meanwhile
         return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):  # unwritable home, damaged key: files are unsigned, trust needs the flag
+    except (OSError, ValueError):  # unwritable, or a damaged key: unsigned files
         return None
 
 
