@@ -172,8 +172,13 @@ class _Encoder:
             return {"__array__": self._array(a)}
         if a.dtype.kind == "O":
             flat = a.ravel()
-            if all(type(v) is str for v in flat):  # strings: a fixed-width unicode array, read back as objects
-                return {"__array__": self._array(flat.astype(str).reshape(a.shape)), "object": True}
+            items = flat.tolist()
+            if set(map(type, items)) == {str}:
+                text = "\x00".join(items)
+                if text.count("\x00") == len(items) - 1:
+                    # strings: one UTF-8 buffer, NUL-separated (compact, and split back in one C call)
+                    blob = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+                    return {"__strings__": self._array(blob), "shape": list(a.shape)}
             return {"__objects__": [self.enc(v, where) for v in flat], "shape": list(a.shape)}
         raise MlsimkitError(f"{where}: an array of dtype {a.dtype} cannot be saved safely")
 
@@ -323,6 +328,14 @@ class _Decoder:
         if tag == "__array__":
             a = self._array(x[tag])
             return a.astype(object) if x.get("object") else a
+        if tag == "__strings__":
+            blob = self._array(x[tag])
+            if blob.dtype != np.uint8 or blob.ndim != 1:
+                raise self.bad("a string buffer that is not bytes")
+            out = np.array(blob.tobytes().decode("utf-8").split("\x00"), dtype=object)
+            if out.size != int(np.prod(x["shape"])):
+                raise self.bad("a string buffer of the wrong length")
+            return out.reshape(x["shape"])
         if tag == "__objects__":
             out = np.empty(len(x[tag]), dtype=object)
             out[:] = [self.dec(v) for v in x[tag]]
