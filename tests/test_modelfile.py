@@ -236,3 +236,26 @@ def test_signing_key_is_private_and_stable(boot, tmp_path):
     key = mf.key_file()
     assert key.is_file() and oct(os.stat(key).st_mode & 0o777) == "0o600"
     assert key.read_text().strip() not in zipfile.ZipFile(tmp_path / "a.zip").read("metadata.json").decode()
+
+
+def test_codec_round_trips_the_value_types_a_state_holds(tmp_path):
+    frame = pd.DataFrame({
+        "s": np.array(["a", "b\x00c", "é"], dtype=object),  # a NUL inside: stored element-wise
+        "mixed": np.array(["x", None, 2.5], dtype=object),
+        "cat": pd.Categorical(["lo", "hi", "lo"], categories=["lo", "hi"], ordered=True),
+        "f": [1.5, np.nan, -np.inf], "i": np.array([1, 2, 3], dtype=np.int8), "n": pd.array([1, None, 3], dtype="Int64"),
+    }, index=pd.Index(["r1", "r2", "r3"], name="row"))
+    state = {"frame": frame, "series": frame["s"], "t": (1, np.float32(2.5), np.int64(7)), "sl": slice(2, 5),
+             "inf": float("inf"), 3: [None, True, "x"], "u": np.array(["ab", "c"]),
+             "strings": np.array(["k1", "k2", "k3", "k4"], dtype=object).reshape(2, 2)}
+    enc = mf._Encoder()
+    tree = json.loads(json.dumps(enc.enc(state, "test")))
+    back = mf._Decoder(enc.members, tmp_path / "x.zip").dec(tree)
+    pd.testing.assert_frame_equal(back["frame"], frame, check_exact=True)
+    pd.testing.assert_series_equal(back["series"], frame["s"])
+    assert back["t"] == (1, np.float32(2.5), np.int64(7)) and type(back["t"][1]) is np.float32
+    assert back["sl"] == slice(2, 5) and back["inf"] == float("inf") and back[3] == [None, True, "x"]
+    np.testing.assert_array_equal(back["u"], state["u"])
+    assert back["strings"].dtype == object and back["strings"].tolist() == [["k1", "k2"], ["k3", "k4"]]
+    with pytest.raises(MlsimkitError, match=r"test\['bad'\]: an object of type builtins:function cannot be saved"):
+        mf._Encoder().enc({"bad": lambda: 0}, "test")
