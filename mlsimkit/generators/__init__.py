@@ -10,7 +10,10 @@ name                   class
 =====================  ==============================================================================
 
 :func:`make` builds one by name (``make("ctgan", epochs=300)``); :class:`SchoolPool` wraps any of them to
-draw replications from a large pre-generated pool of synthetic schools.
+draw replications from a large pre-generated pool of synthetic schools. ``gen.save("models/x.zip")`` and
+:func:`load` keep a fitted generator in a file of JSON metadata and numpy arrays that loads without running
+code from the file (:mod:`~mlsimkit.generators.modelfile`, whose allow-list names the classes a file may
+hold; a new generator is added there).
 """
 
 from .base import FORMAT_VERSION, SUFFIX, Generator, as_rng, load, make_ids
