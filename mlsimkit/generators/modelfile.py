@@ -174,11 +174,18 @@ class _Encoder:
             flat = a.ravel()
             items = flat.tolist()
             if set(map(type, items)) == {str}:
+                codes, uniques = pd.factorize(flat)
+                repeated = len(uniques) <= len(items) // 2  # e.g. a foreign key: store each value once
+                if repeated:
+                    items = uniques.tolist()
                 text = "\x00".join(items)
                 if text.count("\x00") == len(items) - 1:
                     # strings: one UTF-8 buffer, NUL-separated (compact, and split back in one C call)
                     blob = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-                    return {"__strings__": self._array(blob), "shape": list(a.shape)}
+                    out = {"__strings__": self._array(blob), "shape": list(a.shape)}
+                    if repeated:
+                        out["codes"] = self.ndarray(codes.astype(np.int64), where)
+                    return out
             return {"__objects__": [self.enc(v, where) for v in flat], "shape": list(a.shape)}
         raise MlsimkitError(f"{where}: an array of dtype {a.dtype} cannot be saved safely")
 
@@ -333,6 +340,12 @@ class _Decoder:
             if blob.dtype != np.uint8 or blob.ndim != 1:
                 raise self.bad("a string buffer that is not bytes")
             out = np.array(blob.tobytes().decode("utf-8").split("\x00"), dtype=object)
+            if "codes" in x:
+                codes = self.dec(x["codes"])
+                if not isinstance(codes, np.ndarray) or codes.dtype.kind != "i" or codes.size and (
+                        codes.min() < 0 or codes.max() >= out.size):
+                    raise self.bad("string codes out of range")
+                out = out[codes]
             if out.size != int(np.prod(x["shape"])):
                 raise self.bad("a string buffer of the wrong length")
             return out.reshape(x["shape"])
