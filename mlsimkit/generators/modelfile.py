@@ -583,7 +583,10 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
         if schema is not None:
             if not isinstance(meta.get("schema"), dict):
                 raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
-            diff = schema_differences(meta["schema"], schema)
+            try:
+                diff = schema_differences(meta["schema"], schema)
+            except MlsimkitError as exc:
+                raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
             if diff:
                 raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
                                          f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
@@ -623,4 +626,9 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
         raise dec.bad(f"no readable {_STATE}") from None
     if not isinstance(state, dict) or state.get("__generator__") != cls:
         raise FormatVersionError(f"file '{path}': damaged saved generator (its state is not a {cls})")
-    return dec.dec(state)
+    try:
+        return dec.dec(state)
+    except MlsimkitError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        raise dec.bad(f"its state cannot be rebuilt: {type(exc).__name__}: {exc}") from None
