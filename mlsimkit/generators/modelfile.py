@@ -468,11 +468,13 @@ def write(gen, path: str | Path) -> Path:
     }
     meta["content_sha256"] = hashlib.sha256(_canonical(meta).encode()).hexdigest()
     meta["signature"] = _sign(meta["content_sha256"], _key(create=True))
+    buf = io.BytesIO()  # built in memory, written with one call (many small members write slowly to disk)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(_META, json.dumps(meta, indent=1, allow_nan=True))
+        for m, b in members.items():
+            zf.writestr(m, b)
     with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr(_META, json.dumps(meta, indent=1, allow_nan=True))
-            for m, b in members.items():
-                zf.writestr(m, b)
+        tmp.write_bytes(buf.getbuffer())
     return path
 
 
