@@ -14,9 +14,10 @@ Figures printed (medians over ``--reps`` timed calls; the machine is shared, so 
 * for CTGAN: per school-level variable, the KS complement (numerical) or TV complement (categorical)
   of the synthetic school table against the real one, under each alignment applied to the same raw
   CTGAN rows (``--seeds`` samples of 160 schools), plus CP-SAT status and solve time;
-* saved-model round trip, per generator and for its pool: median seconds of ``save`` and ``load`` in the
-  safe format (:mod:`mlsimkit.generators.modelfile`: JSON metadata + numpy arrays, content hash checked
-  on load) against pickling the same object (format version 2), the file sizes and the ratios.
+* saved-model round trip, per generator and for its pool: seconds of ``save`` and ``load`` (fastest of
+  at least 15 calls) in the safe format (:mod:`mlsimkit.generators.modelfile`: JSON metadata + numpy
+  arrays, content hash checked on load) against pickling the same object atomically as format version 2
+  did, the file sizes and the ratio of the round trips.
   ``--fast-fit`` trains the diffusion model for 200 steps per network (same network sizes, so the same
   file size; for timing the round trip without a minute of training).
 
@@ -32,10 +33,29 @@ ctgan       95 s (50 ep.)  2.3e4               20 s                1.3e6
 clavaddpm   63 s           2.4e4               7.3 s               1.2e6
 ==========  =============  ==================  ==================  =================
 
-Saved-model round trip (2026-12-02, same machine shared with other jobs; ``--epochs 2 --fast-fit
---pool-size 2000 --reps 5``; medians; "pickle" is what format version 2 did):
+Saved-model round trip (2026-12-02, the same machine busy with other jobs, load about 4; ``--epochs 2
+--fast-fit --pool-size 2000``; "pickle" is an atomic pickle of the generator, what format version 2 did):
 
-ROUNDTRIP_TABLE
+=======================  ======  ======  ======  ======  =====  =====  ==========
+model                    save    load    pickle  pickle  ratio  MB     pickle MB
+                                         save    load
+=======================  ======  ======  ======  ======  =====  =====  ==========
+bootstrap                0.008   0.018   0.002   0.002   6.7    0.25   0.23
+pool(2000) of bootstrap  0.101   0.052   0.050   0.022   2.1    4.12   3.98
+parametric               0.004   0.001   0.0006  0.0001  7.5    0.014  0.005
+pool(2000) of parametr.  0.102   0.040   0.048   0.019   2.1    3.89   3.75
+clavaddpm                0.013   0.037   0.008   0.020   1.7    0.43   0.41
+pool(2000) of clavaddpm  0.148   0.048   0.100   0.054   1.3    4.18   4.04
+ctgan                    0.040   0.049   0.029   0.034   1.4    2.17   2.16
+pool(2000) of ctgan      0.129   0.091   0.074   0.055   1.7    6.03   5.89
+=======================  ======  ======  ======  ======  =====  =====  ==========
+
+Seconds, fastest of 15 calls; "ratio" is (save + load) / (pickle save + pickle load). The models that take
+time to save (diffusion, CTGAN, pools of a few MB) cost 1.3-2.1 times pickle's round trip; the smallest
+ones (a few KB to 0.25 MB) pay a fixed cost of a few milliseconds for the archive, the hashes and about
+twenty ``.npy`` headers (in isolation the HSB bootstrap loads in 6 ms), which is why their ratio is large
+while the time is not. Files are 1-10% larger than the pickles (string columns are stored as one UTF-8
+buffer, repeated strings once).
 
 The diffusion generator samples 26,000-31,000 students/s on *one* thread (``bench_diffusion.py``), the
 setting the study params use.
@@ -114,10 +134,11 @@ def round_trip(label: str, gen, reps: int, folder: Path) -> dict:
         with open(pkl, "rb") as fh:
             return pickle.load(fh)["generator"]
 
-    save_s, _ = timed(lambda r: gen.save(safe), reps)
-    load_s, _ = timed(lambda r: load(safe), reps)
-    psave_s, _ = timed(pickle_save, reps)
-    pload_s, _ = timed(pickle_load, reps)
+    def best(fn):  # fastest of ``reps`` calls: the one least disturbed by other jobs on a shared machine
+        return min(timed(fn, 1)[0] for _ in range(reps))
+
+    save_s, psave_s = best(lambda r: gen.save(safe)), best(pickle_save)
+    load_s, pload_s = best(lambda r: load(safe)), best(pickle_load)
     return {"model": label, "save_s": save_s, "load_s": load_s, "pickle_save_s": psave_s,
             "pickle_load_s": pload_s, "round_trip_ratio": (save_s + load_s) / (psave_s + pload_s),
             "MB": safe.stat().st_size / 1e6, "pickle_MB": pkl.stat().st_size / 1e6}
@@ -159,8 +180,8 @@ def main(argv=None):
         build_s = time.perf_counter() - t0
         pooled_s, dp = timed(lambda r: pool.sample(n, seed=2000 + r), max(args.reps, 20))
         with tempfile.TemporaryDirectory() as tmp:
-            trips.append(round_trip(name, gen, args.reps, Path(tmp)))
-            trips.append(round_trip(f"pool({args.pool_size}) of {name}", pool, args.reps, Path(tmp)))
+            trips.append(round_trip(name, gen, max(args.reps, 15), Path(tmp)))
+            trips.append(round_trip(f"pool({args.pool_size}) of {name}", pool, max(args.reps, 15), Path(tmp)))
         rows.append({
             "generator": name, "fit_s": fit_s, "fresh_s_per_dataset": fresh_s,
             "fresh_students_per_s": n_students / fresh_s, "pool_size": args.pool_size,
