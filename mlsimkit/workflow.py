@@ -10,7 +10,7 @@ folder (see :class:`mlsimkit.study.Study`):
 stage            writes
 ===============  ==============================================================================
 1-specify        ``1-specify/data/`` (validated real data + schema), ``1-specify/icc.csv``
-2-train          ``2-train/models/<generator>.pkl``, ``2-train/history.csv``
+2-train          ``2-train/models/<generator>.zip``, ``2-train/history.csv``
 3-quality        ``3-quality/summary.csv``, ``3-quality/choice.json`` (the best generator), report
 4-simulate       ``4-simulate/<source>/`` (sharded results), ``4-simulate/results.parquet``, ``truth.csv``
 5-evaluate       ``5-evaluate/summary.csv``
@@ -19,7 +19,10 @@ stage            writes
 
 Trained generators are also cached under ``<root>/runs/_models/`` keyed by fingerprints of the training
 data and of the generators' code, and by the settings, so two studies on the same data with the same
-settings train once, and a code change retrains.
+settings train once, and a code change retrains. A cached model is loaded only when its file checks out
+(format version, schema, content hash; see :mod:`mlsimkit.generators.modelfile`); a file that does not, e.g.
+a half-written, modified or earlier-format one, is retrained and overwritten. A CTGAN model holds a pickle
+and is loaded only when this user's mlsimkit wrote it or the params say ``trust_model_files: true``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import pandas as pd
 from . import demonstrations as demo
 from . import generators as G
 from .data import MultilevelData
-from .errors import ParamsError
+from .errors import MlsimkitError, ParamsError
 from .io import atomic_path, write_text
 from .study import Study
 
@@ -80,18 +83,34 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def trust_model_files(study: Study) -> bool:
+    """``trust_model_files`` of the params (default false): load model files that hold a pickle (CTGAN)
+    even when another user's mlsimkit wrote them. Unpickling runs code, so set it only for files you trust."""
+    value = study.get("trust_model_files", False)
+    if not isinstance(value, bool):
+        raise ParamsError(f"file '{study.file}': 'trust_model_files' must be true or false, got {value!r}")
+    return value
+
+
 def train_one(study: Study, data: MultilevelData, name: str, settings: dict, *, log: Callable = print):
     """Fit generator ``name`` with ``settings``, cached by the data's and the code's fingerprints and the
-    settings."""
+    settings. A cached file that fails the checks of :func:`mlsimkit.generators.load` (damaged, modified,
+    another format version or schema, or an untrusted pickle) is retrained, with one log line saying why."""
     settings = dict(settings or {})
     kind = settings.pop("generator", name)
     key = hashlib.sha256(json.dumps([kind, settings, fingerprint(data), code_fingerprint()], sort_keys=True,
                                     default=str).encode())
-    cache = study.root / "runs" / "_models" / f"{kind}-{key.hexdigest()[:16]}.pkl"
+    cache = study.root / "runs" / "_models" / f"{kind}-{key.hexdigest()[:16]}{G.SUFFIX}"
     if cache.is_file():
-        gen = G.load(cache)
-        log(f"[mlsimkit] {name}: loaded the trained model from the cache ({cache.name})")
-        return gen
+        try:
+            gen = G.load(cache, schema=data.schema, trust=trust_model_files(study))
+        except ParamsError:
+            raise
+        except MlsimkitError as exc:
+            log(f"[mlsimkit] {name}: retraining, the cached model cannot be used: {exc}")
+        else:
+            log(f"[mlsimkit] {name}: loaded the trained model from the cache ({cache.name})")
+            return gen
     gen = G.make(kind, **settings)
     t0 = time.perf_counter()
     gen.fit(data)
@@ -109,7 +128,7 @@ def train(study: Study, data: MultilevelData, *, log: Callable = print) -> dict:
     out = {}
     for name, settings in specs.items():
         gen = train_one(study, data, name, settings, log=log)
-        gen.save(study.path("2-train", "models", f"{name}.pkl"))
+        gen.save(model_file(study, "2-train", name))
         out[name] = gen
     history = training_history(out)
     history.to_csv(study.path("2-train", "history.csv"), index=False)
@@ -137,13 +156,21 @@ def training_times(generators: dict) -> pd.DataFrame:
                          for n, g in generators.items()]).set_index("generator")
 
 
+def model_file(study: Study, stage: str, name: str) -> Path:
+    """Where a stage saves model ``name``: ``<stage>/models/<name>.zip``."""
+    return study.path(stage, "models", f"{name}{G.SUFFIX}")
+
+
 def model_path(study: Study, name: str) -> Path:
-    return study.require(f"2-train/models/{name}.pkl", made_by="2-train")
+    """The saved model ``name`` of Stage 2 (names the notebook to run first when missing)."""
+    return study.require(f"2-train/models/{name}{G.SUFFIX}", made_by="2-train")
 
 
 def load_generators(study: Study) -> dict:
-    """The generators saved by Stage 2."""
-    return {name: G.load(model_path(study, name)) for name in study["generators"]}
+    """The generators saved by Stage 2, checked against the schema of the study's data (Stage 1)."""
+    schema = real_data(study).schema
+    trust = trust_model_files(study)
+    return {name: G.load(model_path(study, name), schema=schema, trust=trust) for name in study["generators"]}
 
 
 # ============================================================================ Stage 3 -> 4
@@ -311,7 +338,7 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         if frac not in (None, 0.5, 1, 1.0):
             raise ParamsError(f"file '{study.file}': ablation scenario '{scen}': train_fraction must be 0.5")
         gen = train_one(study, train_data, f"ablation {scen}", settings, log=log)
-        path = gen.save(study.path("6-robustness", "models", f"{scen}.pkl"))
+        path = gen.save(model_file(study, "6-robustness", scen))
         cands = candidates({scen: gen}, data.n_clusters, int(q.get("candidates", 3)), int(study["seed"]))
         rep = quality.evaluate(data, cands, reference_splits=0, efficacy=q.get("efficacy", "fast"),
                                privacy=False, seed001=False, seed=int(study["seed"]))

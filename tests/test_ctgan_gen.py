@@ -75,11 +75,18 @@ def test_sizes_follow_the_real_schools(gen, real):
         gen.cluster_size = None
 
 
-def test_save_load_round_trip(gen, tmp_path):
-    path = gen.save(tmp_path / "ctgan.pkl")
-    back = load(path)
+def test_save_load_round_trip(gen, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLSIMKIT_MODEL_KEY", str(tmp_path / "key"))
+    path = gen.save(tmp_path / "ctgan.zip")
+    back = load(path)  # written (signed) by this user's mlsimkit: loads without the flag
     assert isinstance(back, CTGANGenerator)
     assert back.sample(20, seed=11).equals(gen.sample(20, seed=11))
+    # the same file on a machine whose mlsimkit did not write it: refused unless trusted explicitly
+    monkeypatch.setenv("MLSIMKIT_MODEL_KEY", str(tmp_path / "other-key"))
+    with pytest.raises(MlsimkitError, match=r"ctgan\.zip'.*CTGANGenerator holds a pickled object.*runs code.*"
+                                            r"trust=True.*trust_model_files: true"):
+        load(path)
+    assert load(path, trust=True).sample(20, seed=11).equals(gen.sample(20, seed=11))
 
 
 def _complement(real, syn, col):

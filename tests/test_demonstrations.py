@@ -97,8 +97,11 @@ def test_recovery_generate_replaces_the_generator_outcome(boot, truth):
     assert raw.child.SES.equals(d1.child.SES) and not np.allclose(raw.child.MathAch, d1.child.MathAch)
 
 
-def test_generate_synthetic_from_a_saved_generator(boot, tmp_path):
-    path = boot.save(tmp_path / "gen.pkl")
+def test_generate_synthetic_from_a_saved_generator(hsb, tmp_path):
+    from mlsimkit.generators import SchoolBootstrap as Bootstrap  # only the package's classes can be saved
+
+    boot = Bootstrap().fit(hsb)
+    path = boot.save(tmp_path / "gen.zip")
     gen = D.generate_synthetic
     t1 = gen({"n_schools": 8}, np.random.default_rng(1), generator_path=str(path))
     t2 = gen({"n_schools": 8}, np.random.default_rng(1), generator=boot)

@@ -58,7 +58,7 @@ def test_same_seed_same_sample_and_save_load(tiny, tmp_path):
     for name in a.levels:
         pd.testing.assert_frame_equal(a[name], b[name])
     assert not a.child.MathAch.equals(c.child.MathAch)
-    path = tiny.save(tmp_path / "gen.pkl")
+    path = tiny.save(tmp_path / "gen.zip")
     back = load(path)
     assert isinstance(back, ClavaDDPMGenerator) and back.get_params() == tiny.get_params()
     d = back.sample(12, seed=7)

@@ -25,7 +25,7 @@ def test_pool_follows_the_protocol(pool, hsb, tmp_path):
     d = MultilevelData(pool.schema_, pool.sample(120, seed=1).tables)  # keys and types re-validated
     assert len(d.parent) == 120 and d.parent["School"].is_unique and d.child["Student"].is_unique
     assert d.equals(pool.sample(120, seed=1)) and not d.equals(pool.sample(120, seed=2))
-    back = load(pool.save(tmp_path / "pool.pkl"))
+    back = load(pool.save(tmp_path / "pool.zip"))
     assert back.sample(50, seed=9).equals(pool.sample(50, seed=9))
 
 

@@ -139,7 +139,7 @@ def test_missing_artifact_names_the_notebook_to_run_first(tmp_path):
     (tmp_path / "notebooks").mkdir()
     s = st.load("hsb-prediction", "quick", tmp_path)
     with pytest.raises(MissingArtifactError, match=r"run notebook '2-train' for study 'hsb-prediction'"):
-        s.require("models/clavaddpm.pkl", made_by="2-train")
+        s.require("models/clavaddpm.zip", made_by="2-train")
 
 
 def test_params_errors(tmp_path):

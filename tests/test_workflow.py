@@ -81,3 +81,45 @@ def test_ablation_icc_table_shows_real_and_synthetic_icc_per_scenario():
     assert t.loc[("schools→students", "MathAch"), "real"] == "0.174"
     assert t.loc[("schools→students", "SES"), "no-decomposition"] == "0.115 (0.843)"
     assert len(t) == 2  # other domains are not ICC rows
+
+
+# ---------------------------------------------------------------------------- the model cache
+def test_model_cache_reuses_checked_files_and_retrains_bad_ones(study, tmp_path, monkeypatch):
+    import io
+    import pickle
+    import zipfile
+
+    import mlsimkit.datasets as ds
+    from mlsimkit.errors import ParamsError
+
+    monkeypatch.setenv("MLSIMKIT_MODEL_KEY", str(tmp_path / "key"))
+    data = ds.load("hsb")
+    data = data.subset(data.parent["School"].iloc[::8])
+    logs = []
+    gen = wf.train_one(study, data, "boot", {"generator": "bootstrap"}, log=logs.append)
+    (cache,) = (study.root / "runs" / "_models").glob("bootstrap-*.zip")
+    assert logs[-1].startswith("[mlsimkit] boot: trained")
+    again = wf.train_one(study, data, "boot", {"generator": "bootstrap"}, log=logs.append)
+    assert logs[-1] == f"[mlsimkit] boot: loaded the trained model from the cache ({cache.name})"
+    assert again.sample(6, seed=2).equals(gen.sample(6, seed=2))
+    # half-written, modified and earlier-format (pickled) files are retrained, never loaded
+    good = cache.read_bytes()
+    with zipfile.ZipFile(cache) as zf:  # a modified state, the recorded hashes left as they were
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["state.json"] = members["state.json"].replace(b'["replace",true]', b'["replace",false]')
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    bad_files = {"truncated or damaged": good[: len(good) // 3],
+                 "content hash mismatch in member state.json": buf.getvalue(),
+                 "pickled generator": pickle.dumps({"magic": "mlsimkit-generator", "format_version": 2})}
+    for reason, content in bad_files.items():
+        cache.write_bytes(content)
+        back = wf.train_one(study, data, "boot", {"generator": "bootstrap"}, log=logs.append)
+        assert logs[-2].startswith("[mlsimkit] boot: retraining, the cached model cannot be used") and reason in logs[-2]
+        assert logs[-1].startswith("[mlsimkit] boot: trained") and cache.read_bytes() != content
+        assert back.sample(6, seed=2).equals(gen.sample(6, seed=2))
+    study.params["trust_model_files"] = "yes"
+    with pytest.raises(ParamsError, match="'trust_model_files' must be true or false"):
+        wf.train_one(study, data, "boot", {"generator": "bootstrap"}, log=logs.append)

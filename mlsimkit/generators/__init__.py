@@ -10,10 +10,13 @@ name                   class
 =====================  ==============================================================================
 
 :func:`make` builds one by name (``make("ctgan", epochs=300)``); :class:`SchoolPool` wraps any of them to
-draw replications from a large pre-generated pool of synthetic schools.
+draw replications from a large pre-generated pool of synthetic schools. ``gen.save("models/x.zip")`` and
+:func:`load` keep a fitted generator in a file of JSON metadata and numpy arrays that loads without running
+code from the file (:mod:`~mlsimkit.generators.modelfile`, whose allow-list names the classes a file may
+hold; a new generator is added there).
 """
 
-from .base import FORMAT_VERSION, Generator, as_rng, load, make_ids
+from .base import FORMAT_VERSION, SUFFIX, Generator, as_rng, load, make_ids
 from .bootstrap import SchoolBootstrap
 from .ctgan_clca import CTGANGenerator
 from .parametric import ParametricGenerator
@@ -66,6 +69,6 @@ def make(name: str, **settings) -> Generator:
 
 
 __all__ = [
-    "Generator", "load", "as_rng", "make_ids", "FORMAT_VERSION", "make", "NAMES",
+    "Generator", "load", "as_rng", "make_ids", "FORMAT_VERSION", "SUFFIX", "make", "NAMES",
     "ClavaDDPMGenerator", "CTGANGenerator", "ParametricGenerator", "SchoolBootstrap", "SchoolPool",
 ]

@@ -190,6 +190,8 @@ class Denoiser(_TimeConditioned):
 
     def __init__(self, d_in: int, hidden=(256, 256), dim_t: int = 128, n_classes: int = 0, dropout: float = 0.0):
         super().__init__(d_in, hidden, d_in, dim_t, n_classes, dropout)
+        #: constructor arguments: a saved model rebuilds the network from them (see ``modelfile``)
+        self.init_args = dict(d_in=d_in, hidden=tuple(hidden), dim_t=dim_t, n_classes=n_classes, dropout=dropout)
 
 
 class NoisyClassifier(_TimeConditioned):
@@ -197,6 +199,7 @@ class NoisyClassifier(_TimeConditioned):
 
     def __init__(self, d_in: int, n_classes: int, hidden=(128, 128), dim_t: int = 128, dropout: float = 0.0):
         super().__init__(d_in, hidden, n_classes, dim_t, 0, dropout)
+        self.init_args = dict(d_in=d_in, n_classes=n_classes, hidden=tuple(hidden), dim_t=dim_t, dropout=dropout)
 
     @torch.no_grad()
     def log_prob_grad(self, x: torch.Tensor, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

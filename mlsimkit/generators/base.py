@@ -2,27 +2,24 @@
 
 Settings go to the constructor; ``fit(data)`` learns from a :class:`~mlsimkit.data.MultilevelData` and
 returns ``self``; ``sample(n_clusters, *, seed)`` returns a new ``MultilevelData`` with the same schema and
-fresh keys; ``save(path)`` / :func:`load` pickle the fitted generator with a format version, and a file of
-another format version is refused with a clear error. The same seed gives the same sample.
+fresh keys; ``save(path)`` / :func:`load` write and read the fitted generator as JSON metadata plus numpy
+arrays (:mod:`mlsimkit.generators.modelfile`: loading runs no code from the file; a file of another format
+version, of a class not on the allow-list, of another schema, truncated or modified is refused with a clear
+error). The same seed gives the same sample.
 """
 
 from __future__ import annotations
 
 import contextlib
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data import MultilevelData
-from ..errors import FormatVersionError, MlsimkitError
-from ..io import atomic_path
-
-#: 2: the diffusion generator's ``sample_batch`` became ``sample_block`` (blocked sampler), so version-1
-#: files would load but fail to sample.
-FORMAT_VERSION = 2
-_MAGIC = "mlsimkit-generator"
+from ..errors import MlsimkitError
+from . import modelfile
+from .modelfile import FORMAT_VERSION, SUFFIX
 
 
 def as_rng(seed: Any) -> np.random.Generator:
@@ -104,39 +101,26 @@ class Generator:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Pickle the fitted generator to ``path`` (atomically) with the format version."""
-        from .. import __version__
-
-        payload = {"magic": _MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__,
-                   "class": f"{type(self).__module__}.{type(self).__qualname__}", "generator": self}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        return Path(path)
+        """Save the fitted generator to ``path`` (atomically; by convention ``<name>.zip``): JSON metadata
+        and numpy arrays, see :mod:`mlsimkit.generators.modelfile`. Returns the path."""
+        return modelfile.write(self, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Generator":
-        gen = load(path)
+    def load(cls, path: str | Path, *, schema=None, trust: bool = False) -> "Generator":
+        """:func:`load`, checking that the file holds a ``cls``."""
+        gen = load(path, schema=schema, trust=trust)
         if not isinstance(gen, cls):
             raise MlsimkitError(f"file '{path}': holds a {type(gen).__name__}, expected a {cls.__name__}")
         return gen
 
 
-def load(path: str | Path) -> Generator:
-    """Load a generator saved with :meth:`Generator.save`; refuses other format versions."""
-    path = Path(path)
-    if not path.is_file():
-        raise MlsimkitError(f"file '{path}': saved generator not found")
-    with open(path, "rb") as fh:
-        try:
-            payload = pickle.load(fh)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("magic") != _MAGIC:
-        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise FormatVersionError(
-            f"file '{path}': generator format version {payload.get('format_version')} (written by mlsimkit "
-            f"{payload.get('mlsimkit')}), this mlsimkit reads version {FORMAT_VERSION}; retrain and save it again"
-        )
-    return payload["generator"]
+def load(path: str | Path, *, schema=None, trust: bool = False) -> Generator:
+    """Load a generator saved with :meth:`Generator.save`.
+
+    Runs no code from the file: the metadata is read and checked first (format version, class on the
+    allow-list, ``schema`` when given: the schema the caller's data have), then the content hash, then
+    the arrays. A CTGAN model holds a pickle of the ``ctgan`` package's object, which is unpickled only
+    when the file was written by this user's mlsimkit (signed) or ``trust=True``. Pickled files of
+    earlier builds (format version 2) are refused with a message to retrain.
+    """
+    return modelfile.read(path, schema=schema, trust=trust)

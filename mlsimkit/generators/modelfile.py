@@ -1,0 +1,636 @@
+"""The saved-model file: JSON metadata and arrays, so that loading a generator runs no code.
+
+A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) with these members:
+
+``metadata.json``
+    ``magic`` (``"mlsimkit-generator"``), ``format_version`` (:data:`FORMAT_VERSION`), the ``mlsimkit``
+    version that wrote it, ``class`` (a name on the allow-list :data:`GENERATOR_CLASSES`), the constructor
+    ``settings``, the ``schema`` it was trained on (:meth:`Schema.to_dict`), a ``training`` summary
+    (seconds, final losses), ``entries`` (the SHA-256 of every other member), ``requires_trust``,
+    ``content_sha256`` (the hash of all of the above, i.e. of the whole content) and ``signature`` (see
+    "Trust" below).
+``state.json``
+    The fitted state as a tree of JSON values in which every object is a tagged record: plain containers,
+    numbers and strings, numpy scalars, pandas frames / series / indexes (categorical columns as codes and
+    categories), torch networks (class from the allow-list, constructor arguments and a state dict),
+    and objects of the allow-listed classes :data:`OBJECT_CLASSES` (restored by setting their attributes,
+    never by calling anything named in the file).
+``arrays/<k>.npy``
+    Every numerical array and tensor (and every array of strings), written by :func:`numpy.save` and read
+    with ``allow_pickle=False``. Network weights are stored the same way and copied into a network built
+    from its constructor arguments on the ``meta`` device (no random initialisation, no global RNG use).
+``pickle/<k>.pkl``
+    Only for CTGAN: the ``ctgan`` package's own model object, which has no array form here (its data
+    transformer holds ``rdt`` transformer objects). Such a file has ``requires_trust: true``.
+
+Loading (:func:`read`) reads and checks the metadata before it touches any array: a truncated or damaged
+archive, another format version (a version-2 pickle from an earlier build is recognised without
+unpickling it), a class not on the allow-list, a schema other than the expected one, and a content hash
+that does not match each raise one :class:`~mlsimkit.errors.FormatVersionError` naming the file and the
+reason.
+
+Trust
+-----
+Unpickling runs code, so a member ``pickle/*`` is read only when the caller says ``trust=True`` (params:
+``trust_model_files: true``) or the file carries a valid ``signature``: an HMAC-SHA256 of its content hash
+under a key that this user's mlsimkit created on this machine (``~/.config/mlsimkit/model-key``, or the
+file named by the environment variable ``MLSIMKIT_MODEL_KEY``; see :func:`key_file`). Every file mlsimkit
+writes is signed, so models a project trained itself (its model cache, its ``2-train/models``) load
+without the flag, while a model file from anyone else (a fork's ``runs/_models/``, a download) is refused with an error that says
+why and how to opt in. The key never enters a file; anyone with it can sign, so keep it private.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import pickle
+import pickletools
+import secrets
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FormatVersionError, MlsimkitError
+from ..io import atomic_path
+
+#: 3: zip of JSON metadata + numpy arrays (no pickle, except CTGAN's model behind trust).
+#: 2: pickle; the diffusion generator's ``sample_batch`` became ``sample_block``. 1: pickle.
+FORMAT_VERSION = 3
+MAGIC = "mlsimkit-generator"
+#: file name suffix of a saved generator (``models/<name>.zip``)
+SUFFIX = ".zip"
+_META = "metadata.json"
+_STATE = "state.json"
+_MAX_META_BYTES = 16 * 2**20
+
+#: generator classes a file may name (short name -> "module:qualname"), imported only when named
+GENERATOR_CLASSES = {
+    "SchoolBootstrap": "mlsimkit.generators.bootstrap:SchoolBootstrap",
+    "ParametricGenerator": "mlsimkit.generators.parametric:ParametricGenerator",
+    "SchoolPool": "mlsimkit.generators.pool:SchoolPool",
+    "ClavaDDPMGenerator": "mlsimkit.generators.diffusion:ClavaDDPMGenerator",
+    "CTGANGenerator": "mlsimkit.generators.ctgan_clca:CTGANGenerator",
+}
+#: other classes whose objects may appear in a saved state, restored by setting their attributes
+OBJECT_CLASSES = {
+    "mlsimkit.schema:Schema", "mlsimkit.schema:Table", "mlsimkit.schema:Column",
+    "mlsimkit.decompose:DecompositionInfo", "mlsimkit.generators._assemble:TwoLevel",
+    "mlsimkit.generators._ddpm:TableCodec", "mlsimkit.generators._ddpm:GaussianDiffusion",
+    "sklearn.preprocessing._data:QuantileTransformer",
+}
+#: torch networks: rebuilt from their constructor arguments (``init_args``) and a state dict
+TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddpm:NoisyClassifier"}
+#: modules whose objects may only be pickled (behind trust)
+PICKLED_MODULES = ("ctgan.",)
+_EXT_DTYPES = {"string", "Int64", "Int32", "Float64", "boolean"}
+
+
+def _qualname(cls) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import(spec: str):
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ============================================================================ trust key
+def key_file() -> Path:
+    """Where this user's signing key lives: ``MLSIMKIT_MODEL_KEY`` if set, else
+    ``~/.config/mlsimkit/model-key``, else (a home that cannot be written, as on some CI runners)
+    ``<temp dir>/mlsimkit-<uid>/model-key``."""
+    env = os.environ.get("MLSIMKIT_MODEL_KEY")
+    if env:
+        return Path(env)
+    home = Path.home() / ".config" / "mlsimkit" / "model-key"
+    if home.is_file() or os.access(_existing_parent(home), os.W_OK):
+        return home
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"mlsimkit-{uid}" / "model-key"
+
+
+def _existing_parent(path: Path) -> Path:
+    for p in path.parents:
+        if p.exists():
+            return p
+    return path.parent
+
+
+def _key(create: bool) -> bytes | None:
+    """This user's signing key (created with mode 0600 on first use when ``create``); None if unavailable
+    (files are then unsigned, and a CTGAN model needs ``trust=True``)."""
+    path = key_file()
+    try:
+        if path.parent.exists() and hasattr(os, "getuid") and path.parent.stat().st_uid != os.getuid():
+            return None  # a folder someone else made (e.g. in a shared temp dir) cannot hold our key
+        if path.is_file():
+            return bytes.fromhex(path.read_text().strip())
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        return bytes.fromhex(path.read_text().strip())
+    except FileExistsError:  # another process created it meanwhile
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):  # unwritable, or a damaged key: unsigned files
+        return None
+
+
+def _sign(content: str, key: bytes | None) -> str | None:
+    return None if key is None else hmac.new(key, content.encode(), hashlib.sha256).hexdigest()
+
+
+# ============================================================================ encoding
+class _Encoder:
+    """Turns a generator's state into JSON values plus named array and pickle members."""
+
+    def __init__(self):
+        self.members: dict[str, bytes] = {}
+
+    def _array(self, a: np.ndarray) -> str:
+        name = f"arrays/{len(self.members):05d}.npy"
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+        self.members[name] = buf.getvalue()
+        return name
+
+    def ndarray(self, a: np.ndarray, where: str):
+        if a.dtype.kind in "biufcUSmM":
+            return {"__array__": self._array(a)}
+        if a.dtype.kind == "O":
+            flat = a.ravel()
+            items = flat.tolist()
+            if set(map(type, items)) == {str}:
+                codes, uniques = pd.factorize(flat)
+                repeated = len(uniques) <= len(items) // 2  # e.g. a foreign key: store each value once
+                if repeated:
+                    items = uniques.tolist()
+                text = "\x00".join(items)
+                if text.count("\x00") == len(items) - 1:
+                    # strings: one UTF-8 buffer, NUL-separated (compact, and split back in one C call)
+                    blob = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+                    out = {"__strings__": self._array(blob), "shape": list(a.shape)}
+                    if repeated:
+                        out["codes"] = self.ndarray(codes.astype(np.int64), where)
+                    return out
+            return {"__objects__": [self.enc(v, where) for v in flat], "shape": list(a.shape)}
+        raise MlsimkitError(f"{where}: an array of dtype {a.dtype} cannot be saved safely")
+
+    def values(self, values, where: str):
+        """The values of a pandas column or index."""
+        dtype = values.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            cat = pd.Categorical(values)
+            return {"__categorical__": {"codes": self.ndarray(np.asarray(cat.codes), where),
+                                        "categories": self.index(cat.categories, where),
+                                        "ordered": bool(cat.ordered)}}
+        if isinstance(dtype, np.dtype):
+            return self.ndarray(np.asarray(values), where)
+        if str(dtype) in _EXT_DTYPES:
+            vals = [None if pd.isna(v) else v for v in np.asarray(values, dtype=object)]
+            return {"__extension__": str(dtype), "values": [self.enc(v, where) for v in vals]}
+        raise MlsimkitError(f"{where}: a column of dtype {dtype} cannot be saved safely")
+
+    def index(self, idx: pd.Index, where: str):
+        if isinstance(idx, pd.MultiIndex):
+            raise MlsimkitError(f"{where}: a MultiIndex cannot be saved")
+        name = self.enc(idx.name, where)
+        if isinstance(idx, pd.RangeIndex):
+            return {"__range__": [idx.start, idx.stop, idx.step], "name": name}
+        return {"__index__": self.values(idx, where), "name": name}
+
+    def enc(self, obj: Any, where: str):  # noqa: C901 - one branch per supported type
+        if obj is None or type(obj) in (bool, str):
+            return obj
+        if isinstance(obj, np.str_):
+            return str(obj)
+        if type(obj) is int:
+            return obj
+        if type(obj) is float:
+            return obj if np.isfinite(obj) else {"__float__": repr(obj)}
+        if isinstance(obj, np.generic):
+            if obj.dtype.kind not in "biuf":
+                raise MlsimkitError(f"{where}: a numpy scalar of dtype {obj.dtype} cannot be saved safely")
+            return {"__scalar__": obj.dtype.str, "value": self.enc(obj.item(), where)}
+        if type(obj) is list:
+            return [self.enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if type(obj) is tuple:
+            return {"__tuple__": [self.enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        if type(obj) is dict:
+            return {"__dict__": [[self.enc(k, where), self.enc(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
+        if type(obj) is slice:
+            return {"__slice__": [self.enc(obj.start, where), self.enc(obj.stop, where), self.enc(obj.step, where)]}
+        if isinstance(obj, np.ndarray):
+            return self.ndarray(obj, where)
+        if isinstance(obj, pd.DataFrame):
+            if not obj.columns.is_unique:
+                raise MlsimkitError(f"{where}: a frame with duplicate column names cannot be saved")
+            return {"__frame__": {"columns": self.index(obj.columns, where), "index": self.index(obj.index, where),
+                                  "data": [self.values(obj[c], f"{where}[{c!r}]") for c in obj.columns]}}
+        if isinstance(obj, pd.Series):
+            return {"__series__": {"values": self.values(obj, where), "index": self.index(obj.index, where),
+                                   "name": self.enc(obj.name, where)}}
+        if isinstance(obj, pd.Index):
+            return self.index(obj, where)
+        if isinstance(obj, np.random.SeedSequence):
+            return {"__seedsequence__": {"entropy": self.enc(obj.entropy, where),
+                                         "spawn_key": self.enc(tuple(obj.spawn_key), where),
+                                         "pool_size": obj.pool_size,
+                                         "n_children_spawned": obj.n_children_spawned}}
+        name = _qualname(type(obj))
+        from .base import Generator
+
+        if isinstance(obj, Generator):
+            short = type(obj).__name__
+            if GENERATOR_CLASSES.get(short) != name:
+                raise MlsimkitError(f"{where}: generator class {name} is not on the allow-list of saved models")
+            return {"__generator__": short, "state": self.enc(_state(obj), where)}
+        if name in TORCH_CLASSES:
+            state = {k: {"__array__": self._array(v.detach().cpu().numpy())} for k, v in obj.state_dict().items()}
+            return {"__torch__": name, "init": self.enc(dict(obj.init_args), where), "state": state,
+                    "training": bool(obj.training)}
+        if type(obj).__module__ == "torch" and type(obj).__name__ == "Tensor":
+            return {"__tensor__": self._array(obj.detach().cpu().numpy())}
+        if name in OBJECT_CLASSES:
+            return {"__object__": name, "state": self.enc(_state(obj), where)}
+        if type(obj).__module__.startswith(PICKLED_MODULES):
+            member = f"pickle/{len(self.members):05d}.pkl"
+            self.members[member] = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            return {"__pickle__": member}
+        raise MlsimkitError(f"{where}: an object of type {name} cannot be saved safely (not on the allow-list)")
+
+
+def _state(obj) -> dict:
+    state = obj.__getstate__()
+    if not isinstance(state, dict):
+        raise MlsimkitError(f"object of type {_qualname(type(obj))}: its state is not a mapping")
+    return dict(state)
+
+
+class _Decoder:
+    def __init__(self, blobs: dict[str, bytes], path: Path):
+        self.blobs, self.path = blobs, path
+
+    def _member(self, member: str) -> bytes:
+        if member not in self.blobs:
+            raise self.bad(f"no member {member!r}")
+        return self.blobs[member]
+
+    def _array(self, member: str) -> np.ndarray:
+        return np.load(io.BytesIO(self._member(member)), allow_pickle=False)
+
+    def values(self, spec):
+        if "__categorical__" in spec:
+            c = spec["__categorical__"]
+            return pd.Categorical.from_codes(self.dec(c["codes"]), categories=self.index(c["categories"]),
+                                             ordered=c["ordered"])
+        if "__extension__" in spec:
+            if spec["__extension__"] not in _EXT_DTYPES:
+                raise self.bad(f"unknown column dtype {spec['__extension__']!r}")
+            return pd.array([self.dec(v) for v in spec["values"]], dtype=spec["__extension__"])
+        return self.dec(spec)
+
+    def index(self, spec):
+        if "__range__" in spec:
+            return pd.RangeIndex(*spec["__range__"], name=self.dec(spec["name"]))
+        return pd.Index(self.values(spec["__index__"]), name=self.dec(spec["name"]), tupleize_cols=False)
+
+    def bad(self, reason: str) -> FormatVersionError:
+        return FormatVersionError(f"file '{self.path}': damaged saved generator ({reason})")
+
+    def dec(self, x):  # noqa: C901 - one branch per tag
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        if isinstance(x, list):
+            return [self.dec(v) for v in x]
+        if not isinstance(x, dict) or not x:
+            raise self.bad(f"unexpected value {type(x).__name__}")
+        tag = next(iter(x))
+        if tag == "__dict__":
+            return {self.dec(k): self.dec(v) for k, v in x[tag]}
+        if tag == "__tuple__":
+            return tuple(self.dec(v) for v in x[tag])
+        if tag == "__float__":
+            return float(x[tag])
+        if tag == "__scalar__":
+            dt = np.dtype(x[tag])
+            if dt.kind not in "biuf":
+                raise self.bad(f"scalar dtype {dt}")
+            return dt.type(self.dec(x["value"]))
+        if tag == "__slice__":
+            return slice(*(self.dec(v) for v in x[tag]))
+        if tag == "__array__":
+            a = self._array(x[tag])
+            return a.astype(object) if x.get("object") else a
+        if tag == "__strings__":
+            blob = self._array(x[tag])
+            if blob.dtype != np.uint8 or blob.ndim != 1:
+                raise self.bad("a string buffer that is not bytes")
+            out = np.array(blob.tobytes().decode("utf-8").split("\x00"), dtype=object)
+            if "codes" in x:
+                codes = self.dec(x["codes"])
+                if not isinstance(codes, np.ndarray) or codes.dtype.kind != "i" or codes.size and (
+                        codes.min() < 0 or codes.max() >= out.size):
+                    raise self.bad("string codes out of range")
+                out = out[codes]
+            if out.size != int(np.prod(x["shape"])):
+                raise self.bad("a string buffer of the wrong length")
+            return out.reshape(x["shape"])
+        if tag == "__objects__":
+            out = np.empty(len(x[tag]), dtype=object)
+            out[:] = [self.dec(v) for v in x[tag]]
+            return out.reshape(x["shape"])
+        if tag in ("__range__", "__index__"):
+            return self.index(x)
+        if tag == "__frame__":
+            f = x[tag]
+            cols = self.index(f["columns"])
+            data = {i: self.values(v) for i, v in enumerate(f["data"])}
+            df = pd.DataFrame(data, index=self.index(f["index"]), copy=False)
+            df.columns = cols
+            return df
+        if tag == "__series__":
+            s = x[tag]
+            return pd.Series(self.values(s["values"]), index=self.index(s["index"]), name=self.dec(s["name"]),
+                             copy=False)
+        if tag == "__seedsequence__":
+            s = {k: self.dec(v) for k, v in x[tag].items()}
+            return np.random.SeedSequence(s["entropy"], spawn_key=s["spawn_key"], pool_size=s["pool_size"],
+                                          n_children_spawned=s["n_children_spawned"])
+        if tag == "__generator__":
+            if x[tag] not in GENERATOR_CLASSES:
+                raise self.bad(f"generator class {x[tag]!r} is not on the allow-list")
+            return _restore(_import(GENERATOR_CLASSES[x[tag]]), self.dec(x["state"]))
+        if tag == "__object__":
+            if x[tag] not in OBJECT_CLASSES:
+                raise self.bad(f"class {x[tag]!r} is not on the allow-list")
+            return _restore(_import(x[tag]), self.dec(x["state"]))
+        if tag == "__torch__":
+            if x[tag] not in TORCH_CLASSES:
+                raise self.bad(f"network class {x[tag]!r} is not on the allow-list")
+            import torch
+
+            with torch.device("meta"):
+                net = _import(x[tag])(**self.dec(x["init"]))
+            net = net.to_empty(device="cpu")
+            net.load_state_dict({k: torch.from_numpy(self.dec(v)) for k, v in x["state"].items()})
+            net.train(x["training"])
+            for p in net.parameters():
+                p.requires_grad_(False)
+            return net
+        if tag == "__tensor__":
+            import torch
+
+            return torch.from_numpy(self._array(x[tag]))
+        if tag == "__pickle__":
+            return pickle.loads(self._member(x[tag]))  # reached only for a trusted file (checked in read())
+        raise self.bad(f"unknown record {tag!r}")
+
+
+def _restore(cls, state: dict):
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
+
+
+# ============================================================================ metadata
+def _plain(obj):
+    """A JSON-friendly description of constructor settings (for the reader of ``metadata.json``)."""
+    from .base import Generator
+
+    if isinstance(obj, Generator):
+        return {"class": type(obj).__name__, "settings": _plain(obj.get_params())}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, str)) or (isinstance(obj, float) and np.isfinite(obj)):
+        return obj
+    return repr(obj)
+
+
+def _training(gen) -> dict:
+    out = {}
+    for key, attr in (("train_seconds", "train_seconds_"), ("fit_seconds", "fit_seconds_"),
+                      ("fit_seconds", "fit_time_"), ("build_seconds", "build_time_")):
+        v = getattr(gen, attr, None)
+        if v is not None:
+            out[key] = round(float(v), 3)
+    h = getattr(gen, "history_", None)
+    if isinstance(h, pd.DataFrame) and len(h):
+        out["history_rows"] = int(len(h))
+        if {"model", "loss"} <= set(h.columns):
+            out["final_loss"] = {str(m): float(g["loss"].iloc[-1]) for m, g in h.groupby("model", sort=False)}
+        else:
+            out["final_loss"] = {str(c): float(h[c].iloc[-1]) for c in h.columns if c != "epoch"}
+    return out
+
+
+def _canonical(meta: dict) -> str:
+    core = {k: v for k, v in meta.items() if k not in ("content_sha256", "signature")}
+    return json.dumps(core, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+# ============================================================================ write / read
+def write(gen, path: str | Path) -> Path:
+    """Save the fitted generator ``gen`` to ``path`` (atomically) in the format of the module docstring."""
+    from .. import __version__
+
+    path = Path(path)
+    short = type(gen).__name__
+    if GENERATOR_CLASSES.get(short) != _qualname(type(gen)):
+        raise MlsimkitError(f"file '{path}': generator class {_qualname(type(gen))} is not on the allow-list of "
+                            "saved models (mlsimkit.generators.modelfile.GENERATOR_CLASSES)")
+    enc = _Encoder()
+    state = enc.enc(gen, f"generator {short}")
+    members = {_STATE: json.dumps(state, separators=(",", ":"), allow_nan=True).encode(), **enc.members}
+    schema = getattr(gen, "schema_", None)
+    meta = {
+        "magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
+        "settings": _plain(gen.get_params()), "schema": None if schema is None else schema.to_dict(),
+        "training": _training(gen), "requires_trust": any(m.startswith("pickle/") for m in members),
+        "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
+    }
+    meta["content_sha256"] = hashlib.sha256(_canonical(meta).encode()).hexdigest()
+    meta["signature"] = _sign(meta["content_sha256"], _key(create=True))
+    buf = io.BytesIO()  # built in memory, written with one call (many small members write slowly to disk)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(_META, json.dumps(meta, indent=1, allow_nan=True))
+        for m, b in members.items():
+            zf.writestr(m, b)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+    return path
+
+
+def _old_pickle_version(path: Path) -> Any:
+    """The ``format_version`` of a pickle written by mlsimkit <= 2, read from its opcodes without
+    unpickling (None when not found)."""
+    try:
+        with open(path, "rb") as fh:
+            prev = None
+            for n, (op, arg, _) in enumerate(pickletools.genops(fh)):
+                if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME"):
+                    continue
+                if prev == "format_version" and op.name in ("BININT1", "BININT2", "BININT", "INT"):
+                    return arg
+                prev = arg if isinstance(arg, str) else None
+                if n > 200:
+                    break
+    except Exception:  # noqa: BLE001 - a damaged stream just means "unknown"
+        pass
+    return None
+
+
+def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
+    """The checked metadata of a saved generator: magic and format version (nothing else is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlsimkitError(f"file '{path}': saved generator not found")
+    if zf is None:
+        with _open(path) as zf:
+            return read_metadata(path, zf)
+    try:
+        info = zf.getinfo(_META)
+    except KeyError:
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (no {_META})") from None
+    if info.file_size > _MAX_META_BYTES:
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large)")
+    try:
+        meta = json.loads(zf.read(_META))
+    except (ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable {_META} ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (wrong magic)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"file '{path}': generator format version {meta.get('format_version')} (written by mlsimkit "
+            f"{meta.get('mlsimkit')}), this mlsimkit reads version {FORMAT_VERSION}; retrain and save it again"
+        )
+    return meta
+
+
+def _open(path: Path) -> zipfile.ZipFile:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:1] == b"\x80":
+        version = _old_pickle_version(path)
+        raise FormatVersionError(
+            f"file '{path}': a pickled generator (format version {version if version is not None else '<= 2'}) "
+            f"from an earlier mlsimkit; pickles are not loaded because unpickling runs code, and this mlsimkit "
+            f"reads version {FORMAT_VERSION}; retrain and save it again")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        if head == b"PK\x03\x04":
+            raise FormatVersionError(f"file '{path}': truncated or damaged saved generator (its zip directory "
+                                     "is missing or unreadable); retrain or copy it again") from None
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (not a zip archive)") from None
+
+
+def schema_differences(saved: dict, expected) -> list[str]:
+    """What differs between the schema recorded in a file and ``expected`` (empty: the same structure)."""
+    from ..schema import Schema
+
+    have = Schema.from_dict(saved)
+    if have.same_structure(expected):
+        return []
+    out = []
+    for name in sorted(set(have.tables) | set(expected.tables)):
+        a, b = have.tables.get(name), expected.tables.get(name)
+        if a is None or b is None:
+            out.append(f"table '{name}' only in the {'study' if a is None else 'file'}")
+            continue
+        if (a.primary_key, a.parent, a.foreign_key) != (b.primary_key, b.parent, b.foreign_key):
+            out.append(f"table '{name}': keys differ")
+        for c in sorted(set(a.columns) | set(b.columns)):
+            ca, cb = a.columns.get(c), b.columns.get(c)
+            if ca is None or cb is None:
+                out.append(f"column '{c}' only in the {'study' if ca is None else 'file'}")
+            elif (ca.kind, ca.min, ca.max, ca.levels, ca.integer) != (cb.kind, cb.min, cb.max, cb.levels, cb.integer):
+                out.append(f"column '{c}' declared differently")
+    return out or ["table order differs"]
+
+
+def read(path: str | Path, *, schema=None, trust: bool = False):
+    """Load a generator written by :func:`write`. Checks, in order and before reading any array: the
+    archive, magic and format version, the class (allow-list), the schema (when ``schema`` is given), the
+    trust a pickle member needs, and the content hash; each failure is one
+    :class:`~mlsimkit.errors.FormatVersionError` (or :class:`~mlsimkit.errors.MlsimkitError` for a missing
+    file) naming the file and the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlsimkitError(f"file '{path}': saved generator not found")
+    with _open(path) as zf:
+        meta = read_metadata(path, zf)
+        cls = meta.get("class")
+        if cls not in GENERATOR_CLASSES:
+            raise FormatVersionError(f"file '{path}': generator class {cls!r} is not on the allow-list of saved "
+                                     f"models {sorted(GENERATOR_CLASSES)}")
+        if schema is not None:
+            if not isinstance(meta.get("schema"), dict):
+                raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
+            try:
+                diff = schema_differences(meta["schema"], schema)
+            except MlsimkitError as exc:
+                raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
+            if diff:
+                raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
+                                         f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
+        entries = meta.get("entries")
+        names = set(zf.namelist()) - {_META}
+        if not isinstance(entries, dict) or set(entries) != names:
+            raise FormatVersionError(f"file '{path}': damaged saved generator (its members do not match the "
+                                     "list in its metadata)")
+        content = hashlib.sha256(_canonical(meta).encode()).hexdigest()
+        if content != meta.get("content_sha256"):
+            raise FormatVersionError(f"file '{path}': content hash mismatch in its metadata (modified or "
+                                     "damaged); retrain or copy it again")
+        pickled = any(m.startswith("pickle/") for m in names)
+        if pickled and not trust:
+            sig = meta.get("signature")
+            key = _key(create=False)
+            if not (isinstance(sig, str) and key is not None and hmac.compare_digest(sig, _sign(content, key))):
+                raise MlsimkitError(
+                    f"file '{path}': this {cls} holds a pickled object (the ctgan package's model), and "
+                    "unpickling a file runs code with your rights; it was not written by this user's mlsimkit "
+                    f"(no valid signature, key {key_file()}). Load it only if you trust its author: "
+                    "load(path, trust=True), or 'trust_model_files: true' in the study's params")
+        blobs = {}
+        for m in sorted(names):
+            try:
+                blobs[m] = zf.read(m)
+                digest = hashlib.sha256(blobs[m]).hexdigest()
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise FormatVersionError(f"file '{path}': damaged saved generator, member {m} ({exc})") from None
+            if digest != entries[m]:
+                raise FormatVersionError(f"file '{path}': content hash mismatch in member {m} (modified or "
+                                         "damaged); retrain or copy it again")
+    dec = _Decoder(blobs, path)
+    try:
+        state = json.loads(blobs[_STATE])
+    except (KeyError, ValueError):
+        raise dec.bad(f"no readable {_STATE}") from None
+    if not isinstance(state, dict) or state.get("__generator__") != cls:
+        raise FormatVersionError(f"file '{path}': damaged saved generator (its state is not a {cls})")
+    try:
+        return dec.dec(state)
+    except MlsimkitError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        raise dec.bad(f"its state cannot be rebuilt: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,261 @@
+"""The saved-generator format (version 3): JSON metadata + numpy arrays; loading runs no code from the file."""
+
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mlsimkit.datasets as ds
+from mlsimkit.errors import FormatVersionError, MlsimkitError
+from mlsimkit.generators import FORMAT_VERSION, ParametricGenerator, SchoolBootstrap, SchoolPool, load
+from mlsimkit.generators import modelfile as mf
+
+
+@pytest.fixture(autouse=True)
+def own_key(tmp_path, monkeypatch):
+    """A signing key of this test only (never the user's)."""
+    monkeypatch.setenv("MLSIMKIT_MODEL_KEY", str(tmp_path / "key"))
+
+
+@pytest.fixture(scope="module")
+def small():
+    hsb = ds.load("hsb")
+    return hsb.subset(hsb.parent["School"].iloc[::4])  # 40 schools
+
+
+@pytest.fixture(scope="module")
+def boot(small):
+    return SchoolBootstrap().fit(small)
+
+
+class Exploit:
+    """Unpickling this creates a file (the classic ``__reduce__`` attack)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def _rewrite(path, out, *, meta_edit=None, members_edit=None):
+    """Copy a saved file with edited metadata / members, its hashes recomputed as a forger would."""
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+        members = {n: zf.read(n) for n in zf.namelist() if n != "metadata.json"}
+    if members_edit:
+        members_edit(members)
+    meta["entries"] = {n: hashlib.sha256(b).hexdigest() for n, b in members.items()}
+    if meta_edit:
+        meta_edit(meta)
+    meta["content_sha256"] = hashlib.sha256(mf._canonical(meta).encode()).hexdigest()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("metadata.json", json.dumps(meta))
+        for n, b in members.items():
+            zf.writestr(n, b)
+    return out
+
+
+# ---------------------------------------------------------------------------- what a file holds
+def test_file_is_metadata_and_arrays_only(boot, tmp_path):
+    path = boot.save(tmp_path / "boot.zip")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        meta = json.loads(zf.read("metadata.json"))
+        for n in names:
+            if n.endswith(".npy"):
+                np.load(zf.open(n), allow_pickle=False)  # every array reads without pickle
+    assert names[0] == "metadata.json" and "state.json" in names
+    assert {n.split("/")[0] for n in names} <= {"metadata.json", "state.json", "arrays"}
+    assert meta["magic"] == "mlsimkit-generator" and meta["format_version"] == FORMAT_VERSION == 3
+    assert meta["class"] == "SchoolBootstrap" and meta["settings"] == {"replace": True}
+    assert meta["schema"] == small_schema_dict(boot) and meta["requires_trust"] is False
+    assert meta["content_sha256"] == hashlib.sha256(mf._canonical(meta).encode()).hexdigest()
+    assert isinstance(meta["signature"], str) and len(meta["signature"]) == 64
+
+
+def small_schema_dict(gen):
+    return gen.schema_.to_dict()
+
+
+def test_round_trip_restores_frames_exactly_and_samples_identically(small, tmp_path):
+    pool = SchoolPool(ParametricGenerator(random_slopes={"MathAch": "SES"}).fit(small), pool_size=60,
+                      seed=np.random.SeedSequence(5, spawn_key=(1,))).build()
+    back = load(pool.save(tmp_path / "pool.zip"))
+    for attr in ("parent_", "child_"):
+        pd.testing.assert_frame_equal(getattr(back, attr), getattr(pool, attr), check_exact=True)
+    np.testing.assert_array_equal(back.counts_, pool.counts_)
+    assert back.schema_ == pool.schema_ and back.layout_ == pool.layout_
+    assert back.seed.spawn_key == (1,) and back.seed.entropy == 5
+    inner = back.generator
+    assert isinstance(inner, ParametricGenerator) and inner.get_params() == pool.generator.get_params()
+    assert inner.sample(15, seed=2).equals(pool.generator.sample(15, seed=2))
+    assert back.sample(30, seed=9).equals(pool.sample(30, seed=9))
+
+
+# ---------------------------------------------------------------------------- code in a file never runs
+def test_old_pickle_that_would_create_a_file_is_refused_and_runs_nothing(tmp_path):
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"magic": "mlsimkit-generator", "format_version": 2, "mlsimkit": "0.1",
+                                   "generator": Exploit(target)}))
+    with pytest.raises(FormatVersionError, match=r"evil\.pkl'.*format version 2.*unpickling runs code.*retrain"):
+        load(evil)
+    assert not target.exists()
+    pickle.loads(evil.read_bytes())  # the control: unpickling it does create the file
+    assert target.exists()
+
+
+def test_pickle_member_in_an_unsigned_file_is_refused_and_runs_nothing(boot, tmp_path):
+    target = tmp_path / "pwned"
+    src = boot.save(tmp_path / "boot.zip")
+
+    def add(members):
+        members["pickle/00099.pkl"] = pickle.dumps(Exploit(target))
+        state = json.loads(members["state.json"])
+        state["state"]["__dict__"].append(["payload", {"__pickle__": "pickle/00099.pkl"}])
+        members["state.json"] = json.dumps(state).encode()
+
+    evil = _rewrite(src, tmp_path / "evil.zip", members_edit=add,
+                    meta_edit=lambda m: m.update(requires_trust=True, signature=None))
+    with pytest.raises(MlsimkitError, match=r"evil\.zip'.*pickled object.*runs code.*trust=True.*trust_model_files"):
+        load(evil)
+    assert not target.exists()
+    # a forged signature does not help; an explicit opt-in does (the control: the payload then runs)
+    forged = _rewrite(src, tmp_path / "forged.zip", members_edit=add, meta_edit=lambda m: m.update(signature="0" * 64))
+    with pytest.raises(MlsimkitError, match="pickled object"):
+        load(forged)
+    assert not target.exists()
+    load(evil, trust=True)
+    assert target.exists()
+
+
+# ---------------------------------------------------------------------------- one clear error per bad file
+def test_truncated_file(boot, tmp_path):
+    data = boot.save(tmp_path / "boot.zip").read_bytes()
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatVersionError, match=r"cut\.zip'.*truncated or damaged"):
+        load(cut)
+
+
+def test_other_format_version(boot, tmp_path):
+    src = boot.save(tmp_path / "boot.zip")
+    old = _rewrite(src, tmp_path / "v4.zip", meta_edit=lambda m: m.update(format_version=4, mlsimkit="9.0"))
+    with pytest.raises(FormatVersionError, match=r"v4\.zip'.*format version 4 \(written by mlsimkit 9\.0\).*"
+                                                 r"reads version 3; retrain"):
+        load(old)
+
+
+def test_class_not_on_the_allow_list(boot, tmp_path):
+    src = boot.save(tmp_path / "boot.zip")
+
+    def rename(members):
+        state = json.loads(members["state.json"])
+        state["__generator__"] = "os.system"
+        members["state.json"] = json.dumps(state).encode()
+
+    bad = _rewrite(src, tmp_path / "cls.zip", members_edit=rename, meta_edit=lambda m: m.update({"class": "os.system"}))
+    with pytest.raises(FormatVersionError, match=r"cls\.zip'.*class 'os\.system' is not on the allow-list"):
+        load(bad)
+    # an allow-listed top class with a nested object of another class is refused while decoding
+    def nested(members):
+        state = json.loads(members["state.json"])
+        state["state"]["__dict__"].append(["x", {"__object__": "subprocess:Popen", "state": {"__dict__": []}}])
+        members["state.json"] = json.dumps(state).encode()
+
+    bad2 = _rewrite(src, tmp_path / "nested.zip", members_edit=nested)
+    with pytest.raises(FormatVersionError, match=r"nested\.zip'.*'subprocess:Popen' is not on the allow-list"):
+        load(bad2)
+
+
+def test_schema_mismatch(boot, small, tmp_path):
+    path = boot.save(tmp_path / "boot.zip")
+    assert load(path, schema=small.schema).sample(5, seed=1).equals(boot.sample(5, seed=1))
+    other = ds.load("exam").schema
+    with pytest.raises(FormatVersionError, match=r"boot\.zip'.*schema that does not match the study's 'exam'.*"
+                                                 r"column 'MEANSES' only in the file"):
+        load(path, schema=other)
+    changed = small.schema.to_dict()
+    changed["tables"]["students"]["columns"]["SES"]["max"] = 99.0
+    from mlsimkit.schema import Schema
+
+    with pytest.raises(FormatVersionError, match=r"boot\.zip'.*column 'SES' declared differently"):
+        load(path, schema=Schema.from_dict(changed))
+
+
+def test_modified_content_is_detected(boot, tmp_path):
+    path = boot.save(tmp_path / "boot.zip")
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+        members = {n: zf.read(n) for n in zf.namelist() if n != "metadata.json"}
+    arr = next(n for n in members if n.endswith(".npy"))
+    members[arr] = members[arr][:-8] + bytes(8)  # same size, other values, old hashes kept
+    bad = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("metadata.json", json.dumps(meta))
+        for n, b in members.items():
+            zf.writestr(n, b)
+    with pytest.raises(FormatVersionError, match=rf"tampered\.zip'.*content hash mismatch in member {arr}"):
+        load(bad)
+    members = {n: zipfile.ZipFile(path).read(n) for n in members}  # the original members
+    meta["settings"] = {"replace": False}  # metadata edited without recomputing the hash
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("metadata.json", json.dumps(meta))
+        for n, b in members.items():
+            zf.writestr(n, b)
+    with pytest.raises(FormatVersionError, match=r"tampered\.zip'.*content hash mismatch in its metadata"):
+        load(bad)
+
+
+def test_foreign_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(FormatVersionError, match=r"junk\.zip'.*not a saved mlsimkit generator \(not a zip"):
+        load(junk)
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(FormatVersionError, match=r"other\.zip'.*no metadata\.json"):
+        load(other)
+    with pytest.raises(MlsimkitError, match="saved generator not found"):
+        load(tmp_path / "missing.zip")
+    with pytest.raises(MlsimkitError, match="holds a SchoolBootstrap, expected a ParametricGenerator"):
+        ParametricGenerator.load(SchoolBootstrap().fit(ds.load("hsb")).save(tmp_path / "b.zip"))
+
+
+def test_signing_key_is_private_and_stable(boot, tmp_path):
+    a = json.loads(zipfile.ZipFile(boot.save(tmp_path / "a.zip")).read("metadata.json"))
+    b = json.loads(zipfile.ZipFile(boot.save(tmp_path / "b.zip")).read("metadata.json"))
+    assert a["signature"] == b["signature"] and a["content_sha256"] == b["content_sha256"]
+    key = mf.key_file()
+    assert key.is_file() and oct(os.stat(key).st_mode & 0o777) == "0o600"
+    assert key.read_text().strip() not in zipfile.ZipFile(tmp_path / "a.zip").read("metadata.json").decode()
+
+
+def test_codec_round_trips_the_value_types_a_state_holds(tmp_path):
+    frame = pd.DataFrame({
+        "s": np.array(["a", "b\x00c", "é"], dtype=object),  # a NUL inside: stored element-wise
+        "mixed": np.array(["x", None, 2.5], dtype=object),
+        "cat": pd.Categorical(["lo", "hi", "lo"], categories=["lo", "hi"], ordered=True),
+        "f": [1.5, np.nan, -np.inf], "i": np.array([1, 2, 3], dtype=np.int8), "n": pd.array([1, None, 3], dtype="Int64"),
+    }, index=pd.Index(["r1", "r2", "r3"], name="row"))
+    state = {"frame": frame, "series": frame["s"], "t": (1, np.float32(2.5), np.int64(7)), "sl": slice(2, 5),
+             "inf": float("inf"), 3: [None, True, "x"], "u": np.array(["ab", "c"]),
+             "strings": np.array(["k1", "k2", "k3", "k4"], dtype=object).reshape(2, 2)}
+    enc = mf._Encoder()
+    tree = json.loads(json.dumps(enc.enc(state, "test")))
+    back = mf._Decoder(enc.members, tmp_path / "x.zip").dec(tree)
+    pd.testing.assert_frame_equal(back["frame"], frame, check_exact=True)
+    pd.testing.assert_series_equal(back["series"], frame["s"])
+    assert back["t"] == (1, np.float32(2.5), np.int64(7)) and type(back["t"][1]) is np.float32
+    assert back["sl"] == slice(2, 5) and back["inf"] == float("inf") and back[3] == [None, True, "x"]
+    np.testing.assert_array_equal(back["u"], state["u"])
+    assert back["strings"].dtype == object and back["strings"].tolist() == [["k1", "k2"], ["k3", "k4"]]
+    with pytest.raises(MlsimkitError, match=r"test\['bad'\]: an object of type builtins:function cannot be saved"):
+        mf._Encoder().enc({"bad": lambda: 0}, "test")
