@@ -107,4 +107,4 @@ def compare(study, summary: pd.DataFrame, ai: str) -> pd.DataFrame:
         return prediction_claims(summary, ai)
     from .workflow import level_of_parameters
 
-    return recovery_claims(summary, ai, level_of_parameters())
+    return recovery_claims(summary, ai, level_of_parameters(study))

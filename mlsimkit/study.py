@@ -34,7 +34,7 @@ from .schema import Schema
 
 PROFILES = ("quick", "default", "paper")
 STAGES = ("1-specify", "2-train", "3-quality", "4-simulate", "5-evaluate", "6-robustness")
-_KEYS = {"study", "title", "dataset", "schema", "objective", "stages", "common", "profiles", "description"}
+_KEYS = {"study", "title", "dataset", "schema", "objective", "stages", "model", "common", "profiles", "description"}
 
 
 @dataclass

@@ -40,16 +40,16 @@ is vectorised numpy: 500 schools take a few milliseconds.
 
     The paper's coefficients are 5 (student) and 2 (school, both school predictors); its correlations and
     variances were lost in extraction, so ours are choices: ``rho_w = 0.4`` and ``rho_xw = 0.3`` (moderate
-    confounding, of the order of HSB's student-level correlation of SES with disciplinary climate, -0.19,
-    and weaker than HSB's school-level correlation of climate with the academic-track share, -0.61: a
+    confounding, of the order of HSB's student-level correlation of socio-economic status with disciplinary
+    climate, -0.19, and weaker than HSB's school-level correlation of climate with the academic-track share, -0.61: a
     "researcher-chosen" design, not a data-driven one), ``tau00 = 1``, ``sigma2 = 4`` (residual ICC 0.2, the
     ICC of Demonstration 1), intercept 0.
 
     :meth:`HuangOmittedVariable.from_real` builds the adjusted variant of appendix S5.2: coefficients,
     variance components, means, standard deviations, the school-level correlation of the observed with the
     omitted school predictor, the student-level correlation of the student predictor with the omitted one,
-    and the student predictor's ICC, all taken from the real data and its true-model fit (for HSB:
-    X = SES, W1 = PRACAD, W2 = DISCLIM).
+    and the student predictor's ICC, all taken from the real data and its true-model fit (the params file
+    says which real columns play X, W1 and W2).
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ class HuangOmittedVariable(Generator):
 
     @classmethod
     def from_real(cls, real: MultilevelData, coefficients: Mapping[str, float], tau00: float, sigma2: float, *,
-                  outcome: str = "MathAch", student: str = "SES", observed: str = "PRACAD", omitted: str = "DISCLIM",
+                  outcome: str, student: str, observed: str, omitted: str,
                   cluster_size=(10, 30)) -> "HuangOmittedVariable":
         """The adjusted design of Suk et al. appendix S5.2: every value taken from the real data.
 

@@ -109,7 +109,8 @@ def test_huang_correlations_and_coefficients():
 def test_huang_adjusted_variant_takes_real_values():
     hsb = ds.load("hsb")
     coefs = {"SES": 1.98, "PRACAD": 4.26, "DISCLIM": -0.35}
-    dgp = HuangOmittedVariable.from_real(hsb, coefs, tau00=1.66, sigma2=35.9)
+    dgp = HuangOmittedVariable.from_real(hsb, coefs, tau00=1.66, sigma2=35.9, outcome="MathAch", student="SES",
+                                       observed="PRACAD", omitted="DISCLIM")
     assert dgp.label == "adjusted"
     assert dgp.gamma[1:] == pytest.approx((1.98, 4.26, -0.35))
     assert dgp.rho_w == pytest.approx(np.corrcoef(hsb.parent.PRACAD, hsb.parent.DISCLIM)[0, 1])
@@ -123,4 +124,5 @@ def test_huang_adjusted_variant_takes_real_values():
     assert j.X.std() == pytest.approx(hsb.child.SES.std(), rel=0.03)
     assert j.Y.mean() == pytest.approx(hsb.child.MathAch.mean(), abs=0.2)
     with pytest.raises(MlsimkitError, match="coefficient"):
-        HuangOmittedVariable.from_real(hsb, {"SES": 1.0}, tau00=1, sigma2=1)
+        HuangOmittedVariable.from_real(hsb, {"SES": 1.0}, tau00=1, sigma2=1, outcome="MathAch", student="SES",
+                                          observed="PRACAD", omitted="DISCLIM")
