@@ -1,4 +1,11 @@
-"""Command line: ``mlsimkit run --study NAME|all --profile quick|default|paper`` (also ``python -m mlsimkit``)."""
+"""Command line (also ``python -m mlsimkit``).
+
+``mlsimkit run --study NAME|all --profile P``   execute the stage notebooks (after ``check``) and build the book
+``mlsimkit check --study NAME [--profile P]``   validate a study's params file, schema and data; list every problem
+``mlsimkit studies``                            list the studies (params files)
+
+A profile is any name defined under ``profiles:`` in the study's params file (quick, default, paper, or yours).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import argparse
 import sys
 
 from .errors import MlsimkitError
-from .study import PROFILES, STAGES
+from .study import STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,12 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute the stage notebooks of a study and build the book")
     p_run.add_argument("--study", default="all", help="a study name (params/<name>.yml) or 'all' (default)")
-    p_run.add_argument("--profile", default="default", choices=PROFILES)
+    p_run.add_argument("--profile", default="default", help="a profile defined in the params file (default: default)")
     p_run.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
     p_run.add_argument("--root", default=None, help="project root (default: found from the working directory)")
     p_run.add_argument("--out", default=None, help="write executed notebooks, runs/ and the book here")
     p_run.add_argument("--no-build", action="store_true", help="execute notebooks only")
     sub.add_parser("studies", help="list the studies (params files)")
+    p_check = sub.add_parser("check", help="validate a study's params file, schema and data (every problem at once)")
+    p_check.add_argument("--study", required=True, help="a study name (params/<name>.yml)")
+    p_check.add_argument("--profile", default=None, help="check only this profile (default: every profile)")
+    p_check.add_argument("--root", default=None, help="project root (default: found from the working directory)")
+    p_check.add_argument("--no-data", action="store_true", help="skip loading the data (params and schema only)")
     args = parser.parse_args(argv)
     try:
         if args.command == "studies":
@@ -27,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(available(find_root(args.root))))
             return 0
+        if args.command == "check":
+            return _check(args)
         from .runner import run
 
         index = run(args.study, args.profile, root=args.root, out=args.out, stages=args.stage,
@@ -37,6 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     except MlsimkitError as exc:
         print(f"mlsimkit: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _check(args) -> int:
+    import time
+
+    from .check import check
+
+    t0 = time.perf_counter()
+    problems = check(args.study, args.profile, args.root, data=not args.no_data)
+    took = time.perf_counter() - t0
+    if problems:
+        print(f"mlsimkit check: study '{args.study}': {len(problems)} problem(s) ({took:.1f} s)", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"mlsimkit check: study '{args.study}' is ready to run ({took:.1f} s)")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

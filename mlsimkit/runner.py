@@ -58,8 +58,12 @@ def run(
     if not names:
         raise MlsimkitError(f"'{out / '_toc.yml'}' lists no executed study pages (book/executed/<study>/<stage>)")
     wanted = set(stages) if stages else None
+    from .check import require
+
+    for name in names:  # every study's params, schema and data are checked before any notebook runs
+        require(name, profile, out)
     for name in names:
-        st = study_mod.load(name, profile, out)  # validates the params file before anything runs
+        st = study_mod.load(name, profile, out)
         for stage in st.stages:
             if wanted and stage not in wanted:
                 continue

@@ -24,8 +24,6 @@ import functools
 import numpy as np
 import pandas as pd
 
-from .. import demonstrations as demo
-from ..methods import PredictionSpec
 from ..schema import Schema
 from . import _columns as C
 
@@ -89,8 +87,10 @@ def check_traditional(settings) -> list[tuple[str, str]]:
     return out
 
 
-def spec(study) -> PredictionSpec:
+def spec(study):
     """The analysis model of ``study`` (its ``model:`` mapping) as a :class:`~mlsimkit.methods.PredictionSpec`."""
+    from ..methods import PredictionSpec
+
     m = study.spec["model"]
     return PredictionSpec(outcome=m["outcome"], student=tuple(m["student"]), school=tuple(m.get("school") or ()),
                           random_slope=m.get("random_slope"),
@@ -106,6 +106,8 @@ def prepare(study, data) -> dict:
 
 def source(study, data, name: str, path=None, fixed=None) -> tuple:
     """``(generate, methods, truth)`` of a source: ``traditional`` or a saved generator at ``path``."""
+    from .. import demonstrations as demo
+
     if name == TRADITIONAL:
         trad = study.get("traditional", {}) or {}
         return (functools.partial(demo.generate_traditional_prediction, **trad),

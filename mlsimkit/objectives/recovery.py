@@ -27,8 +27,6 @@ import functools
 
 import pandas as pd
 
-from .. import demonstrations as demo
-from ..methods import RecoverySpec
 from ..schema import Schema
 from ..traditional import HuangOmittedVariable
 from . import _columns as C
@@ -124,8 +122,10 @@ def check_traditional(settings) -> list[tuple[str, str]]:
     return out
 
 
-def spec(study) -> RecoverySpec:
+def spec(study):
     """The analysis models of ``study`` (its ``model:`` mapping) as a :class:`~mlsimkit.methods.RecoverySpec`."""
+    from ..methods import RecoverySpec
+
     m = study.spec["model"]
     return RecoverySpec(outcome=m["outcome"], student=tuple(m["student"]), school=tuple(m["school"]),
                         omitted=tuple(m.get("omitted") or ()), report=tuple(_report(m)),
@@ -143,11 +143,15 @@ def _adjusted_roles(model, schema: Schema) -> dict:
 # ============================================================================ Stage 4
 def prepare(study, data) -> dict:
     """The true model, fitted once on the real data."""
+    from .. import demonstrations as demo
+
     return {"truth": demo.fit_truth(data, spec(study))}
 
 
 def source(study, data, name: str, path=None, fixed=None) -> tuple:
     """``(generate, methods, truth)`` of a source: ``traditional``, ``traditional-adjusted`` or a saved generator."""
+    from .. import demonstrations as demo
+
     truth_model = (fixed or {}).get("truth") or prepare(study, data)["truth"]
     if name in SOURCES:
         if name == TRADITIONAL:
