@@ -302,7 +302,7 @@ def _check_simulation(sim: Any, gens: dict, objective, schema, model, profile: s
                                       f"{list(gens)} or {list(trad)}", profile)
     else:
         for i, s in enumerate(srcs):
-            if s != "best" and s not in gens and s not in trad:
+            if s != "best" and s not in gens and s not in trad and objective is not None:
                 out.add(f"simulation.sources[{i}]", f"unknown source {s!r}; expected 'best', a generator "
                                                     f"{list(gens)} or one of {list(trad)}", profile)
         if "traditional-adjusted" in srcs and objective is not None and hasattr(objective, "check_adjusted") \
@@ -353,7 +353,10 @@ def _check_ablation(abl: Any, gens: dict, profile: str, out: _Collector) -> None
                 out.add(f"ablation.scenarios.{name}.train_fraction", f"expected 0.5 (or 1), got {frac!r}", profile)
             settings = {**gens[base], **{k: v for k, v in change.items() if k != "train_fraction"}}
             settings.setdefault("generator", base)
-            _check_generator(f"ablation.scenarios.{name}", base, settings, out, profile)
+            alone = _Collector(Path(out.file))  # the base settings' own problems are reported under generators
+            _check_generator("", base, gens[base], alone, profile)
+            if not alone.problems:
+                _check_generator(f"ablation.scenarios.{name}", base, settings, out, profile)
     if not _int(abl.get("n_schools"), 2):
         out.add("ablation.n_schools", f"expected an integer >= 2, got {abl.get('n_schools')!r}", profile)
     if "reps" in abl and not _int(abl["reps"], 1):

@@ -100,6 +100,8 @@ def check_adjusted(model, schema: Schema) -> list[tuple[str, str]]:
     """The ``traditional-adjusted`` source needs numerical columns for X, W1 and W2 (see the module docstring)."""
     out = []
     for key, name in _adjusted_roles(model, schema).items():
+        if name is not None and (C.level_of_column(schema, name) is None or C.coefficient_base(schema, "", name)[1]):
+            continue  # a bad name: reported by check_model
         if name is None:
             out.append(("simulation.sources", f"'traditional-adjusted' needs a reported {key} coefficient"))
         elif not schema.column(name).is_numerical:
@@ -134,7 +136,7 @@ def spec(study):
 
 def _adjusted_roles(model, schema: Schema) -> dict:
     rep = _report(model)
-    lv = {n: (lvl or C.level_of_column(schema, n)) for n, lvl in rep.items()}
+    lv = {n: C.level_of_column(schema, C.coefficient_base(schema, "", n)[0] or n) for n in rep}
     first = lambda level: next((n for n, l in lv.items() if l == level), None)  # noqa: E731
     omitted = (model.get("omitted") or [None])[0]
     return {"student": first("student"), "school": first("school"), "omitted": omitted}
