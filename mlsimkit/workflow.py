@@ -36,7 +36,7 @@ import pandas as pd
 
 from . import generators as G
 from .data import MultilevelData
-from .errors import ParamsError
+from .errors import MlsimkitError, ParamsError
 from .io import atomic_path, write_text
 from .study import Study
 
@@ -239,9 +239,51 @@ def _run_source(study, which, src, design, gen, methods, reps, progress):
     from .simulate import run
 
     sim = study["simulation"]
-    return run(design, gen, methods, reps=int(reps), seed=int(study["seed"]), backend=sim.get("backend", "serial"),
-               n_jobs=int(sim.get("n_jobs", 2)), store=study.path(which, src), progress=progress,
-               failure_policy=sim.get("failure_policy", "record"), generator_id=src)
+    res = run(design, gen, methods, reps=int(reps), seed=int(study["seed"]), backend=sim.get("backend", "serial"),
+              n_jobs=int(sim.get("n_jobs", 2)), store=study.path(which, src), progress=progress,
+              failure_policy=sim.get("failure_policy", "record"), generator_id=src)
+    stop_on_failures(res, src, float(sim.get("max_fail_rate", MAX_FAIL_RATE)), file=study.file)
+    return res
+
+
+#: Default of ``simulation.max_fail_rate``: a source and method whose fits fail more often stop the stage.
+MAX_FAIL_RATE = 0.5
+
+
+class FitsFailed(MlsimkitError):
+    """A source's fits failed more often than ``simulation.max_fail_rate`` allows."""
+
+
+def failure_rates(results: pd.DataFrame, usable=USABLE) -> pd.DataFrame:
+    """Per method: replications run, the share whose fit failed (no row with a usable status) with its
+    MCSE, and the most frequent message of the failed fits."""
+    unit = [c for c in ("condition", "rep", "method") if c in results]
+    ok = results.assign(_ok=results["status"].isin(list(usable))).groupby(unit, sort=False)["_ok"].any()
+    rows = []
+    for method, flags in ok.groupby(level="method", sort=False):
+        n, p = len(flags), float(1 - flags.mean())
+        bad = results[(results["method"] == method) & ~results["status"].isin(list(usable))]
+        msgs = bad["message"].fillna("").astype(str) if "message" in bad else pd.Series(dtype=str)
+        top = msgs.value_counts()
+        rows.append({"method": method, "n_reps": n, "fail_rate": p, "mcse": float(np.sqrt(p * (1 - p) / n)),
+                     "message": top.index[0] if len(top) else "", "message_count": int(top.iloc[0]) if len(top) else 0})
+    return pd.DataFrame(rows, columns=["method", "n_reps", "fail_rate", "mcse", "message", "message_count"])
+
+
+def stop_on_failures(results: pd.DataFrame, source: str, max_fail_rate: float = MAX_FAIL_RATE, *, file=None) -> None:
+    """Raise :class:`FitsFailed` when any method's fits on ``source`` fail more often than ``max_fail_rate``,
+    naming the source, the methods, their rates and the most frequent message (the results stay stored, so
+    a rerun after the fix resumes)."""
+    rates = failure_rates(results)
+    over = rates[rates["fail_rate"] > max_fail_rate]
+    if over.empty:
+        return
+    parts = [f"method '{r.method}' failed in {r.fail_rate:.0%} of {r.n_reps} fits (most often, {r.message_count} "
+             f"times: {r.message or 'no message'})" for r in over.itertuples()]
+    where = f" (file '{file}', key 'simulation.max_fail_rate' = {max_fail_rate})" if file else ""
+    raise FitsFailed(f"source '{source}': fits fail more often than the threshold{where}: " + "; ".join(parts)
+                     + ". Fix the cause (often a column the analysis model names that the data lack) or raise "
+                       "the threshold.")
 
 
 def simulation_results(study: Study, which: str = "4-simulate") -> tuple[pd.DataFrame, pd.DataFrame]:
