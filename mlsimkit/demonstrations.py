@@ -119,12 +119,14 @@ def generate_synthetic(condition, rng, *, generator=None, generator_path=None, m
 
 
 def generate_traditional_prediction(condition, rng, *, n_per_school: int = 25, icc: float = 0.2, sigma2: float = 0.5,
-                                    r: float = 0.25, gamma=(1.0, 1.0, 1.0, 1.0)) -> PredictionTask:
-    """The Afshartous & de Leeuw design; ``icc``, ``n_per_school``, ``sigma2`` and ``r`` may also be
-    factors of the condition (the condition wins)."""
+                                    r: float = 0.25, gamma=(1.0, 1.0, 1.0, 1.0), tau00=None, tau11=None,
+                                    extra_holdout: bool = False) -> PredictionTask:
+    """The Afshartous & de Leeuw design (:class:`~mlsimkit.traditional.AfshartousDeLeeuw`); ``icc``,
+    ``n_per_school``, ``sigma2`` and ``r`` may also be factors of the condition (the condition wins)."""
     get = lambda k, d: condition_value(condition, k, d)  # noqa: E731
     dgp = AfshartousDeLeeuw(int(get("n_per_school", n_per_school)), float(get("icc", icc)),
-                            float(get("sigma2", sigma2)), float(get("r", r)), gamma)
+                            float(get("sigma2", sigma2)), float(get("r", r)), gamma, tau00=tau00, tau11=tau11,
+                            extra_holdout=extra_holdout)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     data = dgp.sample(_n_schools(condition), seed=rng)
     return PredictionTask(data, M.choose_holdout(data, rng))

@@ -12,13 +12,16 @@ The params file declares the analysis model under ``model:``::
       min_cluster_size: 2      # schools smaller than this hold nobody out (default 2)
 
 Sources: every trained generator, and ``traditional``, the Afshartous & de Leeuw design (its settings under
-``traditional:``, see :class:`~mlsimkit.traditional.AfshartousDeLeeuw`), analysed with
+``traditional:``, every published parameter: ``n_per_school``, ``icc`` or ``tau00``, ``tau11``, ``sigma2``,
+``r``, ``gamma``, ``extra_holdout``, and ``reml`` of its analysis, default false = ML as they fit; see
+:class:`~mlsimkit.traditional.AfshartousDeLeeuw`), analysed with
 :data:`~mlsimkit.demonstrations.TRADITIONAL_PREDICTION`. Methods: the OLSFE, prior and multilevel rules;
 measure: PMSE (with the failure rate).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -30,7 +33,7 @@ from . import _columns as C
 MODEL_KEYS = ("outcome", "student", "school", "random_slope", "interactions", "reml", "min_cluster_size")
 TRADITIONAL = "traditional"
 SOURCES = (TRADITIONAL,)
-TRADITIONAL_KEYS = ("n_per_school", "icc", "sigma2", "r", "gamma")
+TRADITIONAL_KEYS = ("n_per_school", "icc", "sigma2", "r", "gamma", "tau00", "tau11", "extra_holdout", "reml")
 MEASURES = ("pmse", "fail_rate")
 ABLATION_MEASURES = ("pmse",)
 
@@ -81,7 +84,9 @@ def check_traditional(settings) -> list[tuple[str, str]]:
     try:
         from ..traditional import AfshartousDeLeeuw
 
-        AfshartousDeLeeuw(**{k: v for k, v in settings.items() if k in TRADITIONAL_KEYS})
+        AfshartousDeLeeuw(**{k: v for k, v in settings.items() if k in TRADITIONAL_KEYS and k != "reml"})
+        if "reml" in settings:
+            out += C.boolean("traditional.reml", settings["reml"])
     except (ValueError, TypeError) as exc:
         out.append(("traditional", str(exc)))
     return out
@@ -109,9 +114,10 @@ def source(study, data, name: str, path=None, fixed=None) -> tuple:
     from .. import demonstrations as demo
 
     if name == TRADITIONAL:
-        trad = study.get("traditional", {}) or {}
+        trad = dict(study.get("traditional", {}) or {})
+        analysis = dataclasses.replace(demo.TRADITIONAL_PREDICTION, reml=bool(trad.pop("reml", False)))
         return (functools.partial(demo.generate_traditional_prediction, **trad),
-                demo.analyse_prediction_methods(demo.TRADITIONAL_PREDICTION), demo.prediction_truth())
+                demo.analyse_prediction_methods(analysis), demo.prediction_truth())
     s = spec(study)
     return (functools.partial(demo.generate_synthetic, generator_path=str(path), min_cluster_size=s.min_cluster_size),
             demo.analyse_prediction_methods(s), demo.prediction_truth())
