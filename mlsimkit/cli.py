@@ -2,6 +2,8 @@
 
 ``mlsimkit run --study NAME|all --profile P``   execute the stage notebooks (after ``check``) and build the book
 ``mlsimkit check --study NAME [--profile P]``   validate a study's params file, schema and data; list every problem
+``mlsimkit new STUDY --data CSV --outcome COL``  draft a study (schema, params, book page, toc) from a data file
+``mlsimkit toc --study NAME``                   regenerate a study's part of ``_toc.yml`` from its params file
 ``mlsimkit studies``                            list the studies (params files)
 
 A profile is any name defined under ``profiles:`` in the study's params file (quick, default, paper, or yours).
@@ -32,6 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--profile", default=None, help="check only this profile (default: every profile)")
     p_check.add_argument("--root", default=None, help="project root (default: found from the working directory)")
     p_check.add_argument("--no-data", action="store_true", help="skip loading the data (params and schema only)")
+    p_new = sub.add_parser("new", help="draft a study from a data file: schema, params, book page, toc entry")
+    p_new.add_argument("study", help="name of the new study (params/<study>.yml)")
+    p_new.add_argument("--data", required=True, help="a CSV (students in rows) or a folder holding one")
+    p_new.add_argument("--outcome", required=True, help="the numerical student-level outcome column")
+    p_new.add_argument("--cluster", default=None, help="the school identifier column (default: inferred)")
+    p_new.add_argument("--id", action="append", default=[], help="a further identifier column (repeatable)")
+    p_new.add_argument("--objective", default="prediction", help="prediction (default) or recovery")
+    p_new.add_argument("--root", default=None, help="project root (default: found from the working directory)")
+    p_new.add_argument("--force", action="store_true", help="overwrite an existing study of that name")
+    p_toc = sub.add_parser("toc", help="regenerate a study's part of _toc.yml from its params file")
+    p_toc.add_argument("--study", required=True)
+    p_toc.add_argument("--root", default=None)
     args = parser.parse_args(argv)
     try:
         if args.command == "studies":
@@ -41,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args)
+        if args.command == "new":
+            from .new_study import new
+            from .study import find_root
+
+            new(args.study, args.data, args.outcome, root=find_root(args.root), cluster=args.cluster, ids=args.id,
+                objective=args.objective, force=args.force)
+            return _check(argparse.Namespace(study=args.study, profile=None, root=args.root, no_data=False))
+        if args.command == "toc":
+            from .study import find_root
+            from .toc import add_study
+
+            print(f"updated {add_study(args.study, find_root(args.root))}")
+            return 0
         from .runner import run
 
         index = run(args.study, args.profile, root=args.root, out=args.out, stages=args.stage,
