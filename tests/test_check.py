@@ -179,6 +179,8 @@ def test_run_checks_before_any_notebook(tmp_path):
     root = _project(tmp_path, P, _set("common", "simulation", "backend", value="lokky"))
     for f in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / f, root / f)
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("executed"))
+    shutil.copytree(ROOT / "data", root / "data")
     t0 = time.perf_counter()
     with pytest.raises(ParamsError, match=r"simulation\.backend"):
         run(P, "default", root=root, build=False, log=lambda m: None)
