@@ -305,9 +305,9 @@ def _check_simulation(sim: Any, gens: dict, objective, schema, model, profile: s
             if s != "best" and s not in gens and s not in trad and objective is not None:
                 out.add(f"simulation.sources[{i}]", f"unknown source {s!r}; expected 'best', a generator "
                                                     f"{list(gens)} or one of {list(trad)}", profile)
-        if "traditional-adjusted" in srcs and objective is not None and hasattr(objective, "check_adjusted") \
-                and schema is not None and isinstance(model, dict):
-            out.extend(objective.check_adjusted(model, schema))
+        if objective is not None and hasattr(objective, "check_sources") and schema is not None \
+                and isinstance(model, dict):
+            out.extend(objective.check_sources(srcs, model, schema))  # what some sources need of the model
     n = sim.get("n_schools")
     if not isinstance(n, list) or not n:
         out.add("simulation.n_schools", f"expected a non-empty list of numbers of schools (integers >= 2), "

@@ -100,6 +100,9 @@ CASES = [  # (id, study, edit, key of the one problem, words of the message)
     ("categorical coefficient without its level", R, _set("model", "report", value={"SES": "student", "Sector": "school"}),
      "model.report.Sector", "Sector[T.Catholic]"),
     ("no model for stage 4", R, _delete("model"), "model", "required by stages 4-6"),
+    ("adjusted design needs numerical columns", R,
+     _set("model", "report", value={"SES": "student", "Sector[T.Catholic]": "school"}),
+     "model.report.Sector[T.Catholic]", "needs a numerical column"),
 ]
 
 

@@ -23,7 +23,9 @@ run once): a module supplies
 ``level_of_parameters(study)``           ``{parameter: "student" | "school"}`` of the reported parameters
 =======================================  =====================================================================
 
-Modules whose name starts with ``_`` are helpers, not objectives.
+Optional: ``check_sources(sources, model, schema)``, problems of what some sources need of the model (the
+recovery objective's ``traditional-adjusted`` needs numerical columns). Modules whose name starts with ``_``
+are helpers, not objectives.
 """
 
 from __future__ import annotations

@@ -96,17 +96,23 @@ def check_model(model, schema: Schema) -> list[tuple[str, str]]:
     return out
 
 
-def check_adjusted(model, schema: Schema) -> list[tuple[str, str]]:
+def check_sources(sources, model, schema: Schema) -> list[tuple[str, str]]:
     """The ``traditional-adjusted`` source needs numerical columns for X, W1 and W2 (see the module docstring)."""
     out = []
+    if TRADITIONAL_ADJUSTED not in sources:
+        return out
     for key, name in _adjusted_roles(model, schema).items():
-        if name is not None and (C.level_of_column(schema, name) is None or C.coefficient_base(schema, "", name)[1]):
-            continue  # a bad name: reported by check_model
         if name is None:
-            out.append(("simulation.sources", f"'traditional-adjusted' needs a reported {key} coefficient"))
-        elif not schema.column(name).is_numerical:
-            out.append((f"model.report.{name}", f"'traditional-adjusted' needs a numerical column, {name!r} is "
-                                                 f"{schema.column(name).kind}"))
+            out.append(("simulation.sources", f"'traditional-adjusted' needs a reported {key} coefficient"
+                        if key != "omitted" else "'traditional-adjusted' needs an omitted school variable"))
+            continue
+        base, probs = C.coefficient_base(schema, "", name)
+        if base is None or C.level_of_column(schema, base) is None or (probs and "[T." not in name):
+            continue  # a bad name: reported by check_model
+        if "[T." in name or not schema.column(base).is_numerical:
+            where = f"model.report.{name}" if key != "omitted" else "model.omitted"
+            out.append((where, f"'traditional-adjusted' (in simulation.sources) needs a numerical column to play "
+                               f"its {key} variable; {base!r} is {schema.column(base).kind}"))
     return out
 
 
