@@ -6,59 +6,36 @@ factor ``n_schools`` from the condition; ``analyse`` callables have the signatur
 ``(condition, data, rng) -> list of row dicts`` (rows: ``parameter, estimate, se, ci_lower, ci_upper,
 pred_error, status, message``).
 
-Demonstration 1 — predictive performance (study ``hsb-prediction``)
+Demonstration 1 — predictive performance (objective ``prediction``)
     :func:`generate_synthetic` samples schools from a trained generator, :func:`generate_traditional_prediction`
     from the Afshartous & de Leeuw design; both hold one random student per school out (with the
     data-generation random stream, so every method predicts the same students) and return a
     :class:`~mlsimkit.methods.PredictionTask`. :func:`analyse_prediction_methods` gives
-    ``{"OLSFE", "Prior", "Multilevel"}``; each returns one ``PMSE`` row.
+    ``{"OLSFE", "Prior", "Multilevel"}`` for a :class:`~mlsimkit.methods.PredictionSpec`; each returns one
+    ``PMSE`` row. A study's spec is declared in its params file (``model:``, see
+    :mod:`mlsimkit.objectives.prediction`); nothing here names a column of a data set.
 
-    The HSB prediction model (:data:`HSB_PREDICTION`)::
+    The traditional model (:data:`TRADITIONAL_PREDICTION`) is Afshartous & de Leeuw's, on their design's
+    own variables: ``Y ~ X + W + X:W + (1 + X | School)`` by maximum likelihood.
 
-        MathAch ~ SES + Minority + Sex + Sector + MEANSES + (1 + SES | School)
-
-    Student predictors: all three of HSB. School predictors: ``Sector`` and ``MEANSES``, the two school
-    predictors of Raudenbush & Bryk's canonical HSB model and the two that carry most between-school
-    information: PRACAD correlates 0.65 with MEANSES and 0.67 with Sector, DISCLIM -0.71 with Sector and
-    HIMINTY 0.84 with the school share of minority students, and in the real data none of them improves
-    prediction much once Sector and MEANSES are in. The paper's model (appendix S3) likewise has several
-    student predictors, two school predictors, one random slope and no cross-level interactions. We leave the
-    cross-level interactions SES:Sector and SES:MEANSES out on purpose: on HSB they explain almost all the
-    slope variance (REML ``tau11`` drops from 0.35 to 0.001, a singular fit), which would make the random
-    slope, and hence the multilevel rule's advantage over OLSFE's school slopes, vanish. REML, as ``lmer``.
-
-    The traditional model (:data:`TRADITIONAL_PREDICTION`) is Afshartous & de Leeuw's:
-    ``Y ~ X + W + X:W + (1 + X | School)`` by maximum likelihood.
-
-Demonstration 2 — parameter recovery (study ``hsb-recovery``)
-    :func:`fit_truth` fits the true random-intercept model on the real data (REML)::
-
-        MathAch ~ SES + Minority + Sex + Sector + PRACAD + DISCLIM + HIMINTY + (1 | School)
-
-    MEANSES is left out because it *is* the school mean of SES (correlation 1.00 in HSB): with it, the IGM
-    models would be collinear. :func:`recovery_generate` samples covariates from a generator and replaces
-    the outcome by one drawn from the true model (:meth:`TrueModel.draw_outcome`); the generator's own
-    outcome is never used. :func:`recovery_methods` gives OLS, OLS+IGM, HLM, HLM+IGM (all omitting
-    DISCLIM, the disciplinary climate) and the oracle (all predictors).
-
-    Reported coefficients: ``SES`` (student level) and ``PRACAD`` (school level). PRACAD plays the part of
-    the paper's SCH_ASSIST: a continuous school variable strongly correlated with the omitted climate
-    (-0.61 across schools), so omitting DISCLIM biases it, and its true effect is large and clearly
-    non-zero (4.3 points per unit, SE 0.7), so relative bias is well defined; Sector[T.Catholic] is
-    correlated even more (-0.71) but its true effect (0.4, SE 0.4) is near zero, which makes relative bias
-    meaningless. PRACAD is also continuous, so the adjusted traditional design (bivariate normal school
-    predictors, :meth:`~mlsimkit.traditional.HuangOmittedVariable.from_real`) can mimic it.
+Demonstration 2 — parameter recovery (objective ``recovery``)
+    :func:`fit_truth` fits the true random-intercept model of a :class:`~mlsimkit.methods.RecoverySpec`
+    on the real data (REML by default): the outcome on every student and school predictor, ``(1 | school)``.
+    :func:`recovery_generate` samples covariates from a generator and replaces the outcome by one drawn from
+    the true model (:meth:`TrueModel.draw_outcome`); the generator's own outcome is never used.
+    :func:`recovery_methods` gives OLS, OLS+IGM, HLM, HLM+IGM (all omitting ``spec.omitted``) and the oracle
+    (all predictors); rows for the coefficients in ``spec.report``.
 
     Traditional designs: :func:`generate_traditional_recovery` with a
     :class:`~mlsimkit.traditional.HuangOmittedVariable` (default: the Huang design; :func:`adjusted_recovery_dgp`
-    gives the appendix S5.2 variant with HSB values); the analysis spec is :data:`TRADITIONAL_RECOVERY`
-    (report ``X`` and ``W1``, omit ``W2``).
+    gives the appendix S5.2 variant with values from the real fit); the analysis spec is
+    :data:`TRADITIONAL_RECOVERY` (report ``X`` and ``W1``, omit ``W2``).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,20 +48,13 @@ from .errors import MlsimkitError
 from .methods import INTERCEPT, PredictionSpec, PredictionTask, RecoverySpec
 from .traditional import AfshartousDeLeeuw, HuangOmittedVariable
 
-HSB_PREDICTION = PredictionSpec(
-    outcome="MathAch", student=("SES", "Minority", "Sex"), school=("Sector", "MEANSES"), random_slope="SES", reml=True,
-)
 TRADITIONAL_PREDICTION = PredictionSpec(
     outcome="Y", student=("X",), school=("W",), random_slope="X", interactions=(("X", "W"),), reml=False,
-)
-HSB_RECOVERY = RecoverySpec(
-    outcome="MathAch", student=("SES", "Minority", "Sex"), school=("Sector", "PRACAD", "DISCLIM", "HIMINTY"),
-    omitted=("DISCLIM",), report=("SES", "PRACAD"), reml=True,
 )
 TRADITIONAL_RECOVERY = RecoverySpec(
     outcome="Y", student=("X",), school=("W1", "W2"), omitted=("W2",), report=("X", "W1"), reml=True,
 )
-_SPECS = {"hsb": (HSB_PREDICTION, HSB_RECOVERY), "traditional": (TRADITIONAL_PREDICTION, TRADITIONAL_RECOVERY)}
+_SPECS = {"traditional": (TRADITIONAL_PREDICTION, TRADITIONAL_RECOVERY)}
 
 
 def condition_value(condition, name: str, default=None):
@@ -149,18 +119,20 @@ def generate_synthetic(condition, rng, *, generator=None, generator_path=None, m
 
 
 def generate_traditional_prediction(condition, rng, *, n_per_school: int = 25, icc: float = 0.2, sigma2: float = 0.5,
-                                    r: float = 0.25, gamma=(1.0, 1.0, 1.0, 1.0)) -> PredictionTask:
-    """The Afshartous & de Leeuw design; ``icc``, ``n_per_school``, ``sigma2`` and ``r`` may also be
-    factors of the condition (the condition wins)."""
+                                    r: float = 0.25, gamma=(1.0, 1.0, 1.0, 1.0), tau00=None, tau11=None,
+                                    extra_holdout: bool = False) -> PredictionTask:
+    """The Afshartous & de Leeuw design (:class:`~mlsimkit.traditional.AfshartousDeLeeuw`); ``icc``,
+    ``n_per_school``, ``sigma2`` and ``r`` may also be factors of the condition (the condition wins)."""
     get = lambda k, d: condition_value(condition, k, d)  # noqa: E731
     dgp = AfshartousDeLeeuw(int(get("n_per_school", n_per_school)), float(get("icc", icc)),
-                            float(get("sigma2", sigma2)), float(get("r", r)), gamma)
+                            float(get("sigma2", sigma2)), float(get("r", r)), gamma, tau00=tau00, tau11=tau11,
+                            extra_holdout=extra_holdout)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     data = dgp.sample(_n_schools(condition), seed=rng)
     return PredictionTask(data, M.choose_holdout(data, rng))
 
 
-def analyse_prediction(condition, data, rng, *, rule: str, spec=HSB_PREDICTION) -> list[dict]:
+def analyse_prediction(condition, data, rng, *, rule: str, spec) -> list[dict]:
     """One prediction rule (``OLSFE``, ``Prior`` or ``Multilevel``) on one data set: a ``PMSE`` row."""
     spec = _spec(spec, 0)
     if rule not in M.PREDICTION_RULES:
@@ -169,11 +141,11 @@ def analyse_prediction(condition, data, rng, *, rule: str, spec=HSB_PREDICTION) 
     return M.prediction_rows(M.PREDICTION_RULES[rule](task, spec))
 
 
-def analyse_prediction_methods(spec="hsb") -> dict:
+def analyse_prediction_methods(spec) -> dict:
     """``{"OLSFE": f, "Prior": f, "Multilevel": f}`` for :func:`mlsimkit.simulate.run` (picklable partials).
 
-    ``spec``: ``"hsb"`` (:data:`HSB_PREDICTION`), ``"traditional"`` (:data:`TRADITIONAL_PREDICTION`) or a
-    :class:`~mlsimkit.methods.PredictionSpec`.
+    ``spec``: a :class:`~mlsimkit.methods.PredictionSpec` (a study's: :func:`mlsimkit.objectives.prediction.spec`)
+    or ``"traditional"`` (:data:`TRADITIONAL_PREDICTION`).
     """
     spec = _spec(spec, 0)
     return {rule: functools.partial(analyse_prediction, rule=rule, spec=spec) for rule in M.PREDICTION_METHODS}
@@ -190,15 +162,15 @@ def prediction_truth() -> pd.DataFrame:
 class TrueModel:
     """The true random-intercept model of the recovery study (fitted on real data by :func:`fit_truth`).
 
-    ``coefficients`` are named like the analysis models' columns (``Intercept``, ``SES``,
-    ``Sector[T.Catholic]``, ...); ``tau00`` and ``sigma2`` are the school and student variances.
+    ``coefficients`` are named like the analysis models' columns (``Intercept``, ``x``,
+    ``w[T.level]``, ...); ``tau00`` and ``sigma2`` are the school and student variances.
     """
 
     formula: str
     coefficients: pd.Series
     tau00: float
     sigma2: float
-    spec: RecoverySpec = field(default=HSB_RECOVERY)
+    spec: RecoverySpec
 
     def linear_predictor(self, data: MultilevelData) -> tuple[np.ndarray, np.ndarray, int]:
         d = M.build_design(data, None, self.spec.student, self.spec.school)
@@ -227,12 +199,12 @@ class TrueModel:
         return pd.DataFrame({"parameter": report, "truth": [float(self.coefficients[p]) for p in report]})
 
 
-def truth_formula(spec: RecoverySpec, cluster_key: str = "School") -> str:
+def truth_formula(spec: RecoverySpec, cluster_key: str) -> str:
     rhs = " + ".join(list(spec.student) + list(spec.school))
     return f"{spec.outcome} ~ {rhs} + (1 | {cluster_key})"
 
 
-def fit_truth(real_data: MultilevelData, spec: RecoverySpec = HSB_RECOVERY, *, backend: str = "mlsimkit") -> TrueModel:
+def fit_truth(real_data: MultilevelData, spec: RecoverySpec, *, backend: str = "mlsimkit") -> TrueModel:
     """Fit the true random-intercept model on the real data with :func:`mlsimkit.lmm.lmm` (REML)."""
     from .lmm import lmm
 
@@ -260,20 +232,22 @@ def generate_traditional_recovery(condition, rng, *, dgp: HuangOmittedVariable |
     return dgp.sample(_n_schools(condition), seed=rng)
 
 
-def adjusted_recovery_dgp(truth: TrueModel, real: MultilevelData, *, student="SES", observed="PRACAD",
-                          omitted="DISCLIM") -> HuangOmittedVariable:
-    """Appendix S5.2: the traditional design with coefficients, variances and correlations of the real fit."""
+def adjusted_recovery_dgp(truth: TrueModel, real: MultilevelData, *, student: str, observed: str,
+                          omitted: str) -> HuangOmittedVariable:
+    """Appendix S5.2: the traditional design with coefficients, variances and correlations of the real fit;
+    ``student``, ``observed`` and ``omitted`` are the real columns that play ``X``, ``W1`` and ``W2``."""
     return HuangOmittedVariable.from_real(real, truth.coefficients, truth.tau00, truth.sigma2,
                                           outcome=truth.spec.outcome, student=student, observed=observed, omitted=omitted)
 
 
-def analyse_recovery(condition, data, rng, *, model: str, spec=HSB_RECOVERY) -> list[dict]:
+def analyse_recovery(condition, data, rng, *, model: str, spec) -> list[dict]:
     """One recovery model on one data set: rows for the coefficients in ``spec.report``."""
     return M.recovery_rows(data, _spec(spec, 1), model)
 
 
-def recovery_methods(spec="hsb", models=M.RECOVERY_MODELS) -> dict:
-    """``{"OLS", "OLS+IGM", "HLM", "HLM+IGM", "Oracle"}`` analyse callables (picklable partials)."""
+def recovery_methods(spec, models=M.RECOVERY_MODELS) -> dict:
+    """``{"OLS", "OLS+IGM", "HLM", "HLM+IGM", "Oracle"}`` analyse callables (picklable partials) for a
+    :class:`~mlsimkit.methods.RecoverySpec` or ``"traditional"`` (:data:`TRADITIONAL_RECOVERY`)."""
     spec = _spec(spec, 1)
     return {m: functools.partial(analyse_recovery, model=m, spec=spec) for m in models}
 

@@ -565,13 +565,10 @@ def compare_ablation(study, perf: pd.DataFrame, detail: bool = False) -> pd.Data
 
 
 def _level_of(study) -> dict:
-    """``{parameter: "student" | "school"}`` from the workflow (whether it takes the study or not)."""
-    import inspect
-
+    """``{parameter: "student" | "school"}`` of the study's recovery model."""
     from . import workflow as wf
 
-    f = wf.level_of_parameters
-    return f(study) if inspect.signature(f).parameters else f()
+    return wf.level_of_parameters(study)
 
 
 def verdict_sentence(claims: pd.DataFrame) -> str:

@@ -27,9 +27,12 @@ mean_redraws  mean datasets redrawn per rep      sd / sqrt(n_reps)
 
 sd and var use the n - 1 denominator.  Coverage, power and rates are proportions; rel_bias and relerror
 percentages (rsimsum's convention).  A replication is *usable* for a parameter when its status is in
-``usable`` (default ok and warning) and its estimate is finite; a parameter missing from a replication
-(e.g. the method raised) counts as that replication's failure, so every method is judged on the same
-replications it was run on.
+``usable`` (default ok, warning and singular: a singular fit, a variance component on the boundary, still
+gives the estimates of the model without that component, as lme4 users report them; its share is
+``rate_singular``) and its estimate is finite; a parameter missing from a replication (e.g. the method
+raised) counts as that replication's failure, so every method is judged on the same replications it was
+run on. A method that failed in every replication of a group still appears, with ``fail_rate`` 1: its
+parameters are those it reported in other groups (or, when it never reported any, a missing parameter).
 """
 
 from __future__ import annotations
@@ -213,6 +216,15 @@ def _complete(res: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             "must appear once")
     units = res[list(dict.fromkeys(gm + unit))].drop_duplicates()
     params = rows[gm + ["parameter"]].drop_duplicates()
+    # groups where the method never reported a parameter (every replication failed): the parameters it
+    # reported elsewhere, or a missing one, so that the failures are counted, never dropped
+    groups = units[gm].drop_duplicates()
+    bare = groups.merge(params[gm].drop_duplicates(), on=gm, how="left", indicator=True)
+    bare = bare[bare["_merge"] == "left_only"].drop(columns="_merge")
+    if len(bare):
+        known = rows[["method", "parameter"]].drop_duplicates()
+        filled = bare.merge(known, on="method", how="left")
+        params = pd.concat([params, filled[gm + ["parameter"]]], ignore_index=True)
     full = units.merge(params, on=gm, how="inner")
     out = full.merge(rows, on=list(dict.fromkeys(gm + unit + ["parameter"])), how="left")
     if (~have_param).any():
@@ -230,7 +242,7 @@ def summarise(
     truth: Any = None,
     by: Sequence[str] | None = None,
     measures: Iterable[str] | None = None,
-    usable: Iterable[str] = ("ok", "warning"),
+    usable: Iterable[str] = ("ok", "warning", "singular"),
     null: float = 0.0,
 ) -> pd.DataFrame:
     """Performance measures with MCSE, one row per (by..., method, parameter, measure).
@@ -250,7 +262,8 @@ def summarise(
         Subset of :data:`MEASURES` (default all that the columns allow); rates by status always follow
         ``fail_rate``.
     usable
-        Statuses whose estimates are used (a replication with another status counts as failed).
+        Statuses whose estimates are used (a replication with another status counts as failed); default
+        ok, warning and singular.
     null
         The null value for ``power`` (share of intervals excluding it).
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 from . import study as study_mod
 from .errors import MlsimkitError
 
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "params")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "params", "data")  # data/: the schemas and files of forks
 
 
 class NotebookFailed(MlsimkitError):
@@ -59,8 +59,14 @@ def run(
     if not names:
         raise MlsimkitError(f"'{out / '_toc.yml'}' lists no executed study pages (book/executed/<study>/<stage>)")
     wanted = set(stages) if stages else None
+    from .check import require
+    from .toc import require as require_toc
+
+    require_toc(out)  # the book's study parts follow the params files
+    for name in names:  # every study's params, schema and data are checked before any notebook runs
+        require(name, profile, out)
     for name in names:
-        st = study_mod.load(name, profile, out)  # validates the params file before anything runs
+        st = study_mod.load(name, profile, out)
         for stage in st.stages:
             if wanted and stage not in wanted:
                 continue

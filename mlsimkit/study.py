@@ -32,9 +32,10 @@ from .data import MultilevelData, read_csv
 from .errors import MissingArtifactError, ParamsError
 from .schema import Schema
 
+#: The profiles every shipped study defines; a params file may define any others (``mlsimkit run --profile NAME``).
 PROFILES = ("quick", "default", "paper")
 STAGES = ("1-specify", "2-train", "3-quality", "4-simulate", "5-evaluate", "6-robustness")
-_KEYS = {"study", "title", "dataset", "schema", "objective", "stages", "common", "profiles", "description"}
+_KEYS = {"study", "title", "dataset", "schema", "objective", "stages", "model", "common", "profiles", "description"}
 
 
 @dataclass
@@ -164,10 +165,9 @@ def load(study: str, profile: str = "default", root: str | Path | None = None) -
     if ("dataset" in spec) == ("schema" in spec):
         raise ParamsError(f"file '{path}': give exactly one of 'dataset' (a shipped data set) or 'schema'")
     profiles = spec.get("profiles") or {}
-    if profile not in PROFILES:
-        raise ParamsError(f"parameter 'profile': expected one of {PROFILES}, got {profile!r}")
     if profile not in profiles:
-        raise ParamsError(f"file '{path}': profile '{profile}' is not defined under 'profiles'")
+        raise ParamsError(f"file '{path}': profile '{profile}' is not defined under 'profiles' "
+                          f"(defined: {list(profiles)})")
     bad = [s for s in spec.get("stages", STAGES) if s not in STAGES]
     if bad:
         raise ParamsError(f"file '{path}': unknown stage(s) {bad}; stages are {list(STAGES)}")

@@ -27,6 +27,13 @@ is vectorised numpy: 500 schools take a few milliseconds.
     ratios of PMSEs and the ranking of the rules are the same under 0.5 and 0.25. ``r`` defaults to 0.25 (a moderate positive intercept-slope
     correlation; 0 gives independent effects).
 
+    Every published parameter can be set (``traditional:`` in a params file): ``tau00`` and ``tau11`` directly
+    instead of ``icc`` (then ``tau11`` defaults to ``tau00``), ``sigma2``, ``r``, ``gamma`` and ``n_per_school``.
+    Held-out students: Afshartous & de Leeuw fit on ``n`` students per school and predict one *additional*
+    student generated from the same school (``n + 1`` generated); ``extra_holdout=True`` does that.
+    The default (``False``) generates ``n_per_school`` students and holds one of them out (``n - 1`` for
+    fitting), which is what the shipped studies ran so far.
+
 :class:`HuangOmittedVariable` — Demonstration 2 (Huang 2018, as described in Suk et al. section 5.4)
     Two school predictors ``(W1_j, W2_j)`` bivariate normal with correlation ``rho_w``; ``W2`` is the one the
     four analysis models omit. A student predictor ``X_ij`` correlated ``rho_xw`` with ``W2_j``::
@@ -40,16 +47,16 @@ is vectorised numpy: 500 schools take a few milliseconds.
 
     The paper's coefficients are 5 (student) and 2 (school, both school predictors); its correlations and
     variances were lost in extraction, so ours are choices: ``rho_w = 0.4`` and ``rho_xw = 0.3`` (moderate
-    confounding, of the order of HSB's student-level correlation of SES with disciplinary climate, -0.19,
-    and weaker than HSB's school-level correlation of climate with the academic-track share, -0.61: a
+    confounding, of the order of HSB's student-level correlation of socio-economic status with disciplinary
+    climate, -0.19, and weaker than HSB's school-level correlation of climate with the academic-track share, -0.61: a
     "researcher-chosen" design, not a data-driven one), ``tau00 = 1``, ``sigma2 = 4`` (residual ICC 0.2, the
     ICC of Demonstration 1), intercept 0.
 
     :meth:`HuangOmittedVariable.from_real` builds the adjusted variant of appendix S5.2: coefficients,
     variance components, means, standard deviations, the school-level correlation of the observed with the
     omitted school predictor, the student-level correlation of the student predictor with the omitted one,
-    and the student predictor's ICC, all taken from the real data and its true-model fit (for HSB:
-    X = SES, W1 = PRACAD, W2 = DISCLIM).
+    and the student predictor's ICC, all taken from the real data and its true-model fit (the params file
+    says which real columns play X, W1 and W2).
 """
 
 from __future__ import annotations
@@ -97,6 +104,16 @@ def _check_prob(name, v, lo=0.0, hi=1.0, closed_hi=False):
         raise MlsimkitError(f"parameter '{name}': expected a value in [{lo}, {hi}{']' if closed_hi else ')'}, got {v!r}")
 
 
+def _correlated(rng, J: int, tau: np.ndarray) -> np.ndarray:
+    """``J`` draws of the random effects with covariance ``tau`` (zero variances allowed)."""
+    if tau[0, 0] > 0 and tau[1, 1] > 0:
+        return rng.standard_normal((J, 2)) @ np.linalg.cholesky(tau).T
+    if tau[0, 0] == 0 and tau[1, 1] == 0:
+        return np.zeros((J, 2))
+    z = rng.standard_normal((J, 2))
+    return z * np.sqrt(np.diag(tau))  # a zero variance: that effect is 0, the other independent
+
+
 class AfshartousDeLeeuw(Generator):
     """Demonstration 1's traditional design (see the module docstring).
 
@@ -112,23 +129,42 @@ class AfshartousDeLeeuw(Generator):
         Correlation of the intercept and slope effects, ``tau01 = r tau00``; default 0.25.
     gamma : 4 floats
         ``(g00, g01, g10, g11)``, default all 1.
+    tau00, tau11 : float or None
+        Intercept and slope variances; ``tau00`` replaces ``icc`` (give one of them), ``tau11`` defaults to
+        ``tau00``.
+    extra_holdout : bool
+        Generate ``n_per_school + 1`` students per school, so that ``n_per_school`` remain for fitting when
+        one is held out (their paper); default ``False`` (``n_per_school`` generated).
     """
 
     name = "afshartous-deleeuw"
 
-    def __init__(self, n_per_school: int = 25, icc: float = 0.2, sigma2: float = 0.5, r: float = 0.25,
-                 gamma: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)):
+    def __init__(self, n_per_school: int = 25, icc: float | None = 0.2, sigma2: float = 0.5, r: float = 0.25,
+                 gamma: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0), *, tau00: float | None = None,
+                 tau11: float | None = None, extra_holdout: bool = False):
+        if tau00 is not None:
+            if not tau00 >= 0:
+                raise MlsimkitError(f"parameter 'tau00': expected a variance >= 0, got {tau00!r}")
+            icc = None
+        elif icc is None:
+            raise MlsimkitError("parameters 'icc', 'tau00': give one of them")
+        if tau11 is not None and not tau11 >= 0:
+            raise MlsimkitError(f"parameter 'tau11': expected a variance >= 0, got {tau11!r}")
+        if not isinstance(extra_holdout, bool):
+            raise MlsimkitError(f"parameter 'extra_holdout': expected true or false, got {extra_holdout!r}")
+        self._tau00, self._tau11, self.extra_holdout = tau00, tau11, extra_holdout
         if int(n_per_school) < 2:
             raise MlsimkitError(f"parameter 'n_per_school': expected an integer >= 2, got {n_per_school!r}")
-        _check_prob("icc", icc, 0.0, 1.0)
+        if icc is not None:
+            _check_prob("icc", icc, 0.0, 1.0)
         if not sigma2 > 0:
             raise MlsimkitError(f"parameter 'sigma2': expected a positive variance, got {sigma2!r}")
         _check_prob("r", abs(r), 0.0, 1.0, closed_hi=True)
         if len(gamma) != 4:
             raise MlsimkitError(f"parameter 'gamma': expected 4 values (g00, g01, g10, g11), got {gamma!r}")
         self.n_per_school = int(n_per_school)
-        self.icc = float(icc)
         self.sigma2 = float(sigma2)
+        self.icc = float(icc) if icc is not None else self._tau00 / (self._tau00 + self.sigma2)
         self.r = float(r)
         self.gamma = tuple(float(g) for g in gamma)
         self.schema_ = _schema(
@@ -139,13 +175,18 @@ class AfshartousDeLeeuw(Generator):
 
     @property
     def tau00(self) -> float:
-        return self.icc * self.sigma2 / (1 - self.icc)
+        return self._tau00 if self._tau00 is not None else self.icc * self.sigma2 / (1 - self.icc)
+
+    @property
+    def tau11(self) -> float:
+        return self._tau11 if self._tau11 is not None else self.tau00
 
     @property
     def tau(self) -> np.ndarray:
-        """Covariance matrix of ``(u_0j, u_1j)``."""
-        t = self.tau00
-        return np.array([[t, self.r * t], [self.r * t, t]])
+        """Covariance matrix of ``(u_0j, u_1j)``: ``tau01 = r sqrt(tau00 tau11)``."""
+        t0, t1 = self.tau00, self.tau11
+        c = self.r * (t0 if t0 == t1 else np.sqrt(t0 * t1))
+        return np.array([[t0, c], [c, t1]])
 
     def fit(self, data=None) -> "AfshartousDeLeeuw":
         return self
@@ -154,10 +195,10 @@ class AfshartousDeLeeuw(Generator):
         """Draw ``n_clusters`` schools; with ``return_effects`` also the true ``u`` (J x 2) and ``e``."""
         J = self._check_n_clusters(n_clusters)
         rng = as_rng(seed)
-        n = self.n_per_school
+        n = self.n_per_school + (1 if self.extra_holdout else 0)
         g = np.repeat(np.arange(J), n)
         W = rng.standard_normal(J)
-        u = rng.standard_normal((J, 2)) @ np.linalg.cholesky(self.tau).T if self.tau00 > 0 else np.zeros((J, 2))
+        u = _correlated(rng, J, self.tau)
         X = rng.standard_normal(J * n)
         e = rng.normal(0.0, np.sqrt(self.sigma2), J * n)
         g00, g01, g10, g11 = self.gamma
@@ -260,7 +301,7 @@ class HuangOmittedVariable(Generator):
 
     @classmethod
     def from_real(cls, real: MultilevelData, coefficients: Mapping[str, float], tau00: float, sigma2: float, *,
-                  outcome: str = "MathAch", student: str = "SES", observed: str = "PRACAD", omitted: str = "DISCLIM",
+                  outcome: str, student: str, observed: str, omitted: str,
                   cluster_size=(10, 30)) -> "HuangOmittedVariable":
         """The adjusted design of Suk et al. appendix S5.2: every value taken from the real data.
 

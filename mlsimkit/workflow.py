@@ -37,19 +37,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from . import demonstrations as demo
 from . import generators as G
 from .data import MultilevelData
 from .errors import MlsimkitError, ParamsError
 from .io import atomic_path, write_text
 from .study import Study
 
-TRADITIONAL = "traditional"
 #: Fit statuses whose estimates enter the measures. A singular fit (a variance component on the boundary)
 #: still gives valid estimates and predictions (those of the model without that component), as lme4 users
 #: report them; its rate is reported separately (``rate_singular``) so nothing is hidden.
 USABLE = ("ok", "warning", "singular")
-TRADITIONAL_ADJUSTED = "traditional-adjusted"
 
 
 # ============================================================================ Stage 1 -> 2
@@ -208,41 +205,34 @@ def simulation_generator(study: Study) -> str:
 
 
 # ============================================================================ Stage 4
+def objective(study: Study):
+    """The study's objective module (:mod:`mlsimkit.objectives`), found by the name in ``objective:``."""
+    from . import objectives
+
+    return objectives.get(study.objective)
+
+
 def sources(study: Study, data: MultilevelData) -> dict:
     """``{source: (generate, methods, truth)}`` for the study's objective and ``simulation.sources``.
 
-    A source is a generator name (synthetic data from its saved model; ``best`` = Stage 3's choice),
-    ``traditional`` (the classic design of the demonstration) or ``traditional-adjusted`` (recovery only:
-    the traditional design with values from the real fit, appendix S5.2).
+    A source is a generator name (synthetic data from its saved model; ``best`` = Stage 3's choice) or one
+    of the objective's traditional designs (``SOURCES`` of its module, e.g. ``traditional``).
     """
-    truth_model = demo.fit_truth(data) if study.objective == "recovery" else None
+    obj = objective(study)
+    fixed = obj.prepare(study, data)
     out = {}
     for src in study["simulation"]["sources"]:
         name = simulation_generator(study) if src == "best" else src
-        path = None if name in (TRADITIONAL, TRADITIONAL_ADJUSTED) else model_path(study, name)
-        out[name] = source(study, data, name, path, truth_model)
+        path = None if name in obj.SOURCES else model_path(study, name)
+        out[name] = obj.source(study, data, name, path, fixed)
     return out
 
 
-def source(study: Study, data: MultilevelData, name: str, path=None, truth_model=None) -> tuple:
-    """One data source: ``(generate, methods, truth)`` for :func:`simulate`."""
-    objective = study.objective
-    trad = study.get("traditional", {}) or {}
-    if objective == "prediction":
-        if name == TRADITIONAL:
-            return (functools.partial(demo.generate_traditional_prediction, **trad),
-                    demo.analyse_prediction_methods("traditional"), demo.prediction_truth())
-        return (functools.partial(demo.generate_synthetic, generator_path=str(path)),
-                demo.analyse_prediction_methods("hsb"), demo.prediction_truth())
-    if objective == "recovery":
-        truth_model = truth_model or demo.fit_truth(data)
-        if name in (TRADITIONAL, TRADITIONAL_ADJUSTED):
-            dgp = demo.HuangOmittedVariable(**trad) if name == TRADITIONAL else demo.adjusted_recovery_dgp(truth_model, data)
-            return (functools.partial(demo.generate_traditional_recovery, dgp=dgp),
-                    demo.recovery_methods("traditional"), demo.recovery_truth(dgp))
-        return (functools.partial(demo.recovery_generate, truth=truth_model, generator_path=str(path)),
-                demo.recovery_methods("hsb"), demo.recovery_truth(truth_model))
-    raise ParamsError(f"file '{study.file}': objective must be 'prediction' or 'recovery', got {objective!r}")
+def source(study: Study, data: MultilevelData, name: str, path=None, fixed=None) -> tuple:
+    """One data source: ``(generate, methods, truth)`` for :func:`simulate` (``fixed``: the objective's
+    ``prepare`` result, computed here when not given)."""
+    obj = objective(study)
+    return obj.source(study, data, name, path, obj.prepare(study, data) if fixed is None else fixed)
 
 
 def simulate(study: Study, data: MultilevelData, *, which: str = "4-simulate", n_schools=None, reps=None,
@@ -276,9 +266,51 @@ def _run_source(study, which, src, design, gen, methods, reps, progress):
     from .simulate import run
 
     sim = study["simulation"]
-    return run(design, gen, methods, reps=int(reps), seed=int(study["seed"]), backend=sim.get("backend", "serial"),
-               n_jobs=int(sim.get("n_jobs", 2)), store=study.path(which, src), progress=progress,
-               failure_policy=sim.get("failure_policy", "record"), generator_id=src)
+    res = run(design, gen, methods, reps=int(reps), seed=int(study["seed"]), backend=sim.get("backend", "serial"),
+              n_jobs=int(sim.get("n_jobs", 2)), store=study.path(which, src), progress=progress,
+              failure_policy=sim.get("failure_policy", "record"), generator_id=src)
+    stop_on_failures(res, src, float(sim.get("max_fail_rate", MAX_FAIL_RATE)), file=study.file)
+    return res
+
+
+#: Default of ``simulation.max_fail_rate``: a source and method whose fits fail more often stop the stage.
+MAX_FAIL_RATE = 0.5
+
+
+class FitsFailed(MlsimkitError):
+    """A source's fits failed more often than ``simulation.max_fail_rate`` allows."""
+
+
+def failure_rates(results: pd.DataFrame, usable=USABLE) -> pd.DataFrame:
+    """Per method: replications run, the share whose fit failed (no row with a usable status) with its
+    MCSE, and the most frequent message of the failed fits."""
+    unit = [c for c in ("condition", "rep", "method") if c in results]
+    ok = results.assign(_ok=results["status"].isin(list(usable))).groupby(unit, sort=False)["_ok"].any()
+    rows = []
+    for method, flags in ok.groupby(level="method", sort=False):
+        n, p = len(flags), float(1 - flags.mean())
+        bad = results[(results["method"] == method) & ~results["status"].isin(list(usable))]
+        msgs = bad["message"].fillna("").astype(str) if "message" in bad else pd.Series(dtype=str)
+        top = msgs.value_counts()
+        rows.append({"method": method, "n_reps": n, "fail_rate": p, "mcse": float(np.sqrt(p * (1 - p) / n)),
+                     "message": top.index[0] if len(top) else "", "message_count": int(top.iloc[0]) if len(top) else 0})
+    return pd.DataFrame(rows, columns=["method", "n_reps", "fail_rate", "mcse", "message", "message_count"])
+
+
+def stop_on_failures(results: pd.DataFrame, source: str, max_fail_rate: float = MAX_FAIL_RATE, *, file=None) -> None:
+    """Raise :class:`FitsFailed` when any method's fits on ``source`` fail more often than ``max_fail_rate``,
+    naming the source, the methods, their rates and the most frequent message (the results stay stored, so
+    a rerun after the fix resumes)."""
+    rates = failure_rates(results)
+    over = rates[rates["fail_rate"] > max_fail_rate]
+    if over.empty:
+        return
+    parts = [f"method '{r.method}' failed in {r.fail_rate:.0%} of {r.n_reps} fits (most often, {r.message_count} "
+             f"times: {r.message or 'no message'})" for r in over.itertuples()]
+    where = f" (file '{file}', key 'simulation.max_fail_rate' = {max_fail_rate})" if file else ""
+    raise FitsFailed(f"source '{source}': fits fail more often than the threshold{where}: " + "; ".join(parts)
+                     + ". Fix the cause (often a column the analysis model names that the data lack) or raise "
+                       "the threshold.")
 
 
 def simulation_results(study: Study, which: str = "4-simulate") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -300,9 +332,7 @@ def evaluate(study: Study, which: str = "4-simulate") -> pd.DataFrame:
     from .performance import summarise
 
     res, truth = simulation_results(study, which)
-    measures = ("pmse", "fail_rate") if study.objective == "prediction" else \
-        ("bias", "rel_bias", "empse", "modelse", "relerror", "coverage", "becoverage", "fail_rate")
-    out = summarise(res, truth, by=["source", "n_schools"], measures=measures, usable=USABLE)
+    out = summarise(res, truth, by=["source", "n_schools"], measures=objective(study).MEASURES, usable=USABLE)
     out.to_csv(study.path("5-evaluate" if which == "4-simulate" else which, "summary.csv"), index=False)
     return out
 
@@ -329,7 +359,7 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
 
     abl = study["ablation"]
     q = abl.get("quality", {})
-    truth_model = demo.fit_truth(data) if study.objective == "recovery" else None
+    fixed = objective(study).prepare(study, data)
     qual, perf = [], []
     for scen, settings in ablation_scenarios(study).items():
         settings = dict(settings)
@@ -350,7 +380,7 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
             ignore_index=True)
         qs.insert(0, "scenario", scen)
         qual.append(qs)
-        src = {"synthetic": source(study, data, scen, path, truth_model)}
+        src = {"synthetic": source(study, data, scen, path, fixed)}
         res, truth = simulate(study, data, which=f"6-robustness/{scen}", n_schools=[abl["n_schools"]],
                               reps=abl.get("reps"), source_list=src)
         ps = summarise(res, truth, by=["source", "n_schools"], usable=USABLE)
@@ -389,104 +419,35 @@ def ablation_performance_table(perf: pd.DataFrame, measures=("pmse",), digits: i
 
 
 # ============================================================================ Stage 5 reporting
-def level_of_parameters() -> dict:
-    """``{parameter: "student" | "school"}`` for the reported coefficients of the recovery designs."""
-    out = {}
-    for spec in (demo.HSB_RECOVERY, demo.TRADITIONAL_RECOVERY):
-        out[spec.report[0]], out[spec.report[1]] = "student", "school"
-    return out
-
-
-def _cells(frame: pd.DataFrame, digits: int) -> pd.Series:
-    return pd.Series([f"{v:.{digits}f} ({m:.{digits}f})" for v, m in zip(frame["value"], frame["mcse"])],
-                     index=frame.index)
+def level_of_parameters(study: Study) -> dict:
+    """``{parameter: "student" | "school"}`` for the study's reported parameters (the objective's)."""
+    return objective(study).level_of_parameters(study)
 
 
 def report_tables(study: Study, summary: pd.DataFrame) -> dict:
-    """The study's result tables: each measure as ``value (MCSE)`` by method (rows) and number of schools."""
-    out = {}
-    if study.objective == "prediction":
-        d = summary[summary["measure"] == "pmse"].copy()
-        d["cell"] = _cells(d, 3)
-        for src, sub in d.groupby("source", sort=False):
-            out[f"PMSE (MCSE), {src}"] = sub.pivot_table(index="method", columns="n_schools", values="cell",
-                                                          aggfunc="first", sort=False)
-    else:
-        lv = level_of_parameters()
-        d = summary[summary["measure"].isin(["rel_bias", "relerror", "coverage"])].copy()
-        d["cell"] = _cells(d, 3)
-        d["level"] = d["parameter"].map(lv)
-        for (src, level), sub in d.groupby(["source", "level"], sort=False):
-            out[f"{level}-level coefficient ({', '.join(sub['parameter'].unique())}), {src}"] = sub.pivot_table(
-                index=["measure", "method"], columns="n_schools", values="cell", aggfunc="first", sort=False)
+    """The study's result tables (the objective's), then the failure rate (MCSE) of every source and method."""
+    out = dict(objective(study).tables(study, summary))
     fails = summary[summary["measure"] == "fail_rate"].copy()
     if not fails.empty:
-        fails["cell"] = _cells(fails, 3)
+        fails["cell"] = [f"{v:.3f} ({m:.3f})" for v, m in zip(fails["value"], fails["mcse"])]
         out["failure rate (MCSE)"] = fails.pivot_table(index=["source", "method"], columns="n_schools", values="cell",
                                                        aggfunc="first", sort=False)
     return out
 
 
 def report_figures(study: Study, summary: pd.DataFrame) -> dict:
-    """The study's figures (Figure 5 or Figure 8 of the paper, AI-based next to traditional)."""
-    from . import figures
-
-    if study.objective == "prediction":
-        return {"PMSE by number of schools": figures.pmse_by_schools(summary)}
-    lv = level_of_parameters()
-    return {f"{lvl}-level coefficient": figures.recovery_panels(summary, lv, lvl) for lvl in ("student", "school")}
+    """The study's figures (the objective's: Figure 5 or Figure 8 of the paper, AI-based next to traditional)."""
+    return objective(study).figures(study, summary)
 
 
 def findings(study: Study, summary: pd.DataFrame) -> str:
-    """Plain-language statements computed from this build's numbers (markdown bullets)."""
-    lines = []
-    if study.objective == "prediction":
-        res, _ = simulation_results(study)
-        res = res[res["status"].isin(USABLE) & (res["parameter"] == "PMSE")]
-        d = summary[summary["measure"] == "pmse"]
-        for src, sub in d.groupby("source", sort=False):
-            wins, n_cond = [], 0
-            for n, cond in sub.groupby("n_schools"):
-                n_cond += 1
-                cond = cond.sort_values("value")
-                best, second = cond.iloc[0]["method"], cond.iloc[1]["method"]
-                # methods see the same data sets: the MCSE of the difference is that of the paired differences
-                r = res[(res["source"] == src) & (res["n_schools"] == n)].pivot_table(
-                    index="rep", columns="method", values="pred_error")
-                diff = (r[second] - r[best]).dropna()
-                wins.append((n, best, diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))))
-            counts = pd.Series([w[1] for w in wins]).value_counts()
-            top = counts.index[0]
-            clear = sum(1 for w in wins if w[1] == top and w[2] > 2 * w[3])
-            lines.append(f"- **{src}**: the {top} rule has the lowest PMSE in {counts.iloc[0]} of {n_cond} conditions, "
-                         f"ahead of the runner-up by more than 2 MCSE of the paired difference in {clear}.")
-            for m, ms in sub.groupby("method", sort=False):
-                ms = ms.sort_values("n_schools")
-                lo, hi = ms.iloc[0], ms.iloc[-1]
-                lines.append(f"  - {m}: PMSE {lo['value']:.2f} ({lo['mcse']:.2f}) with {lo['n_schools']} schools, "
-                             f"{hi['value']:.2f} ({hi['mcse']:.2f}) with {hi['n_schools']} schools.")
-    else:
-        lv = level_of_parameters()
-        for src, sub in summary.groupby("source", sort=False):
-            nmax = sub["n_schools"].max()
-            for meas, label in (("rel_bias", "relative bias (%)"), ("coverage", "coverage")):
-                m = sub[(sub["measure"] == meas) & (sub["n_schools"] == nmax)]
-                parts = [f"{r.method} {r.value:.1f} ({r.mcse:.1f})" if meas == "rel_bias" else
-                         f"{r.method} {r.value:.3f} ({r.mcse:.3f})" for r in m.itertuples()
-                         if lv.get(r.parameter) == "student"]
-                lines.append(f"- **{src}**, {nmax} schools, student-level coefficient, {label}: " + "; ".join(parts) + ".")
-            cov = sub[(sub["measure"] == "coverage") & (sub["parameter"].map(lv) == "school")]
-            trend = []
-            for meth, ms in cov.groupby("method", sort=False):
-                ms = ms.sort_values("n_schools")
-                trend.append(f"{meth} {ms['value'].iloc[0]:.3f} → {ms['value'].iloc[-1]:.3f}")
-            lines.append(f"  - school-level coverage from {sub['n_schools'].min()} to {nmax} schools: " + "; ".join(trend) + ".")
-    return "\n".join(lines)
+    """Plain-language statements computed from this build's numbers (markdown bullets; the objective's)."""
+    return objective(study).findings(study, summary)
 
 
 def ablation_measures(study: Study) -> tuple:
-    """The measures of the ablation table: Table 5 (PMSE) or Table 6 (bias, SE bias, coverage)."""
-    return ("pmse",) if study.objective == "prediction" else ("rel_bias", "relerror", "coverage")
+    """The measures of the ablation table (the objective's: Table 5 PMSE, Table 6 bias, SE bias, coverage)."""
+    return tuple(objective(study).ABLATION_MEASURES)
 
 
 # ============================================================================ Stage 5: what stands behind the numbers
@@ -640,6 +601,7 @@ def ablation_findings(study: Study, perf: pd.DataFrame) -> str:
     lines = []
     for scen, g in d[d["scenario"] != "original"].groupby("scenario", sort=False):
         parts, moved = [], 0
+        detailed = g["measure"].nunique() > 1 or g["parameter"].nunique() > 1  # else the method names a row
         for r in g.itertuples():
             key = (r.method, r.parameter, r.measure)
             if key not in orig.index:
@@ -648,7 +610,7 @@ def ablation_findings(study: Study, perf: pd.DataFrame) -> str:
             diff, se = r.value - o["value"], float(np.hypot(r.mcse, o["mcse"]))
             z = diff / se if se > 0 else np.nan
             moved += bool(abs(z) >= 2)
-            what = r.method if study.objective == "prediction" else f"{r.measure} {r.parameter}"
+            what = f"{r.method} {r.measure} {r.parameter}" if detailed else r.method
             parts.append(f"{what} {diff:+.3g} ({se:.2g}, " + (f"z {z:+.1f})" if np.isfinite(z) else "no Monte Carlo "
                                                                "variation)"))
         lines.append(f"- **{scen}** minus original: " + "; ".join(parts) + f". Beyond 2 MCSE: {moved} of {len(parts)}.")

@@ -15,10 +15,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = (".venv/",)
@@ -27,6 +29,9 @@ sys.dont_write_bytecode = True
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # notebook kernels and other child processes
 settings.register_profile("mlsimkit", database=None)
 settings.load_profile("mlsimkit")
+# hypothesis also caches what it learns from the code under .hypothesis/ in the working directory
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="mlsimkit-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 
 
 def working_tree_entries(root: Path = ROOT) -> set[str] | None:
@@ -49,6 +54,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
     before = getattr(session.config, "_tree_before", None)
     after = working_tree_entries() if before is not None else None
     if after is None:

@@ -13,6 +13,23 @@ from mlsimkit.data import MultilevelData
 from mlsimkit.errors import MlsimkitError
 from mlsimkit.generators.base import Generator, as_rng, make_ids
 from mlsimkit.traditional import HuangOmittedVariable
+from mlsimkit import objectives
+import mlsimkit.study as st
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The HSB studies' analysis models, as their params files declare them
+HSB_PREDICTION = objectives.get("prediction").spec(st.load("hsb-prediction", "quick", ROOT))
+HSB_RECOVERY = objectives.get("recovery").spec(st.load("hsb-recovery", "quick", ROOT))
+
+
+def test_hsb_params_declare_the_models_of_the_paper_demonstrations():
+    """What the package's HSB constants said before the models moved to params/ (same fits, same numbers)."""
+    assert HSB_PREDICTION == M.PredictionSpec(outcome="MathAch", student=("SES", "Minority", "Sex"),
+                                              school=("Sector", "MEANSES"), random_slope="SES", reml=True)
+    assert HSB_RECOVERY == M.RecoverySpec(outcome="MathAch", student=("SES", "Minority", "Sex"),
+                                          school=("Sector", "PRACAD", "DISCLIM", "HIMINTY"), omitted=("DISCLIM",),
+                                          report=("SES", "PRACAD"), reml=True)
 
 
 class SchoolBootstrap(Generator):
@@ -49,7 +66,7 @@ def hsb():
 
 @pytest.fixture(scope="module")
 def truth(hsb):
-    return D.fit_truth(hsb)
+    return D.fit_truth(hsb, HSB_RECOVERY)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +78,7 @@ def boot(hsb):
 def test_fit_truth_reproduces_the_lmm_fit(hsb, truth):
     from mlsimkit.lmm import lmm
 
-    ref = lmm(D.truth_formula(D.HSB_RECOVERY), hsb.join_as_one(), reml=True)
+    ref = lmm(D.truth_formula(HSB_RECOVERY, "School"), hsb.join_as_one(), reml=True)
     assert truth.formula == "MathAch ~ SES + Minority + Sex + Sector + PRACAD + DISCLIM + HIMINTY + (1 | School)"
     np.testing.assert_allclose(truth.coefficients.to_numpy(), ref.fe_params.to_numpy(), rtol=1e-10)
     assert truth.sigma2 == pytest.approx(float(ref.sigma2))
@@ -80,7 +97,7 @@ def test_draw_outcome_follows_the_true_model(hsb, truth):
     d = truth.draw_outcome(hsb, rng)
     assert not np.allclose(d.child.MathAch, hsb.child.MathAch)
     assert hsb.child.MathAch.iloc[0] == ds.load("hsb").child.MathAch.iloc[0]  # input untouched
-    fit = M.fit_recovery_model(d, D.HSB_RECOVERY, "Oracle")
+    fit = M.fit_recovery_model(d, HSB_RECOVERY, "Oracle")
     z = (fit.params - truth.coefficients.reindex(fit.params.index)) / fit.bse
     assert fit.status == "ok" and np.all(np.abs(z) < 4), z
     eta, g, _ = truth.linear_predictor(hsb)
@@ -119,7 +136,7 @@ def test_generate_synthetic_from_a_saved_generator(hsb, tmp_path):
 # ----------------------------------------------------------------- analyse callables
 def test_prediction_methods_on_synthetic_hsb(boot):
     task = D.generate_synthetic({"n_schools": 30}, np.random.default_rng(2), generator=boot)
-    methods = D.analyse_prediction_methods("hsb")
+    methods = D.analyse_prediction_methods(HSB_PREDICTION)
     assert list(methods) == ["OLSFE", "Prior", "Multilevel"]
     rows = {m: f({"n_schools": 30}, task, np.random.default_rng(0)) for m, f in methods.items()}
     for m, r in rows.items():
@@ -131,7 +148,7 @@ def test_prediction_methods_on_synthetic_hsb(boot):
 
 def test_recovery_methods_on_both_designs(truth, boot):
     d = D.recovery_generate({"n_schools": 40}, np.random.default_rng(3), truth=truth, generator=boot)
-    methods = D.recovery_methods("hsb")
+    methods = D.recovery_methods(HSB_RECOVERY)
     assert list(methods) == ["OLS", "OLS+IGM", "HLM", "HLM+IGM", "Oracle"]
     for m, f in methods.items():
         rows = f({"n_schools": 40}, d, None)
@@ -146,7 +163,7 @@ def test_recovery_methods_on_both_designs(truth, boot):
 
 
 def test_adjusted_recovery_design_from_the_truth(hsb, truth):
-    dgp = D.adjusted_recovery_dgp(truth, hsb)
+    dgp = D.adjusted_recovery_dgp(truth, hsb, student="SES", observed="PRACAD", omitted="DISCLIM")
     assert dgp.gamma[1:] == pytest.approx(tuple(truth.coefficients[["SES", "PRACAD", "DISCLIM"]]))
     assert dgp.tau00 == truth.tau00 and dgp.sigma2 == truth.sigma2
     d = D.generate_traditional_recovery({"n_schools": 20}, np.random.default_rng(0), dgp=dgp)

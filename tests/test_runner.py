@@ -62,7 +62,7 @@ def test_stage1_notebook_executed_with_tables_and_figures(quick_book, study):
 def test_book_built_with_every_stage_page(quick_book):
     out, index = quick_book
     assert index == out / "_build" / "html" / "index.html" and index.is_file()
-    for study in ("hsb-prediction", "hsb-recovery"):
+    for study in ("hsb-prediction", "hsb-recovery", "exam-prediction"):
         for stage in st.STAGES:
             page = out / "_build" / "html" / "book" / "executed" / study / f"{stage}.html"
             assert page.is_file(), page
@@ -165,7 +165,7 @@ def test_source_notebooks_have_parameters_cell_and_no_outputs():
 def test_all_means_the_studies_of_the_book():
     from mlsimkit.runner import book_studies
 
-    assert book_studies(ROOT) == ["hsb-prediction", "hsb-recovery"]
+    assert book_studies(ROOT) == ["hsb-prediction", "hsb-recovery", "exam-prediction"]
     assert "hsls-prediction" in st.available(ROOT)  # a params file, but not part of the default book
 
 
@@ -180,7 +180,7 @@ def test_user_supplied_data_missing_says_where_to_put_it():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("study", ["hsb-prediction", "hsb-recovery"])
+@pytest.mark.parametrize("study", ["hsb-prediction", "hsb-recovery", "exam-prediction"])
 def test_study_artifacts_complete(quick_book, study):
     import pandas as pd
 

@@ -109,7 +109,8 @@ def test_huang_correlations_and_coefficients():
 def test_huang_adjusted_variant_takes_real_values():
     hsb = ds.load("hsb")
     coefs = {"SES": 1.98, "PRACAD": 4.26, "DISCLIM": -0.35}
-    dgp = HuangOmittedVariable.from_real(hsb, coefs, tau00=1.66, sigma2=35.9)
+    dgp = HuangOmittedVariable.from_real(hsb, coefs, tau00=1.66, sigma2=35.9, outcome="MathAch", student="SES",
+                                       observed="PRACAD", omitted="DISCLIM")
     assert dgp.label == "adjusted"
     assert dgp.gamma[1:] == pytest.approx((1.98, 4.26, -0.35))
     assert dgp.rho_w == pytest.approx(np.corrcoef(hsb.parent.PRACAD, hsb.parent.DISCLIM)[0, 1])
@@ -123,4 +124,32 @@ def test_huang_adjusted_variant_takes_real_values():
     assert j.X.std() == pytest.approx(hsb.child.SES.std(), rel=0.03)
     assert j.Y.mean() == pytest.approx(hsb.child.MathAch.mean(), abs=0.2)
     with pytest.raises(MlsimkitError, match="coefficient"):
-        HuangOmittedVariable.from_real(hsb, {"SES": 1.0}, tau00=1, sigma2=1)
+        HuangOmittedVariable.from_real(hsb, {"SES": 1.0}, tau00=1, sigma2=1, outcome="MathAch", student="SES",
+                                          observed="PRACAD", omitted="DISCLIM")
+
+
+def test_afshartous_every_published_parameter_can_be_set():
+    from mlsimkit.traditional import AfshartousDeLeeuw
+
+    base = AfshartousDeLeeuw()
+    same = AfshartousDeLeeuw(tau00=0.125, tau11=0.125)  # ICC 0.2 with sigma2 0.5 is tau00 = 0.125
+    assert base.tau00 == same.tau00 == 0.125 and same.icc == pytest.approx(0.2)
+    np.testing.assert_array_equal(base.tau, same.tau)
+    assert base.sample(5, seed=1).equals(same.sample(5, seed=1))
+    d = AfshartousDeLeeuw(tau00=0.1, tau11=0.4, r=0.5)
+    assert d.tau[0, 1] == pytest.approx(0.5 * np.sqrt(0.04)) and d.tau[1, 1] == 0.4
+    companion = AfshartousDeLeeuw(sigma2=0.25)  # the companion paper's reading: one parameter
+    assert companion.tau00 == pytest.approx(0.0625)
+    with pytest.raises(Exception, match="tau11"):
+        AfshartousDeLeeuw(tau11=-1.0)
+
+
+def test_afshartous_extra_holdout_generates_n_plus_one_and_fits_on_n():
+    from mlsimkit import demonstrations as D
+
+    task = D.generate_traditional_prediction({"n_schools": 6}, np.random.default_rng(0), n_per_school=25,
+                                             extra_holdout=True)
+    sizes = task.data.child.groupby("School").size()
+    assert (sizes == 26).all() and len(task.holdout) == 6
+    plain = D.generate_traditional_prediction({"n_schools": 6}, np.random.default_rng(0), n_per_school=25)
+    assert (plain.data.child.groupby("School").size() == 25).all()  # negative control

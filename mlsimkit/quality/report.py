@@ -290,10 +290,9 @@ PROFILE_SETTINGS = {
 
 
 def default_settings(profile: str, overrides: Mapping | None = None) -> dict:
-    """Stage 3 settings of a profile, updated with a params file's ``quality:`` mapping."""
-    if profile not in PROFILE_SETTINGS:
-        raise MlsimkitError(f"profile {profile!r}: expected one of {list(PROFILE_SETTINGS)}")
-    out = dict(PROFILE_SETTINGS[profile])
+    """Stage 3 settings of a profile, updated with a params file's ``quality:`` mapping (a profile of the
+    user's own, not quick / default / paper, starts from the default profile's settings)."""
+    out = dict(PROFILE_SETTINGS.get(profile, PROFILE_SETTINGS["default"]))
     for k, v in (overrides or {}).items():
         if k not in out and k not in ("targets", "seed"):
             raise MlsimkitError(f"params 'quality.{k}': unknown setting; expected one of {sorted(out) + ['seed', 'targets']}")
