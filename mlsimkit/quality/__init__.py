@@ -16,7 +16,8 @@ similarity), :mod:`.efficacy` (ML efficacy, TSTR vs TRTR), :mod:`.privacy` (gene
 """
 
 from .reference import shuffled_schools
+from .reference import holdout_split
 from .report import PROFILE_SETTINGS, QualityReport, default_settings, evaluate, evaluate_settings, label, summarise_rows
 
-__all__ = ["evaluate", "QualityReport", "label", "shuffled_schools", "summarise_rows", "default_settings",
+__all__ = ["evaluate", "QualityReport", "label", "shuffled_schools", "holdout_split", "summarise_rows", "default_settings",
            "evaluate_settings", "PROFILE_SETTINGS"]

@@ -9,12 +9,14 @@ new whole schools                  share of synthetic schools that are not a cop
 DCR (median)                       median distance from a synthetic student (with its school's variables) to the
                                    closest real one; numerical columns standardised by the real sd, category
                                    columns one-hot with dummies scaled by 1/sqrt(2) (two categories differ by 1)
-DCR share closer to training       share of synthetic rows closer to the real rows used to train the generator than
-                                   to real hold-out rows (ties count 1/2); ideal 0.5 (Platzer & Reutterer 2021;
-                                   the "DCR share" of SynthEval). Meaningful only when the generator was trained
-                                   on the training part alone: pass ``holdout``; without it the real schools are
-                                   split in two halves at random and a value near 0.5 is expected whatever the
-                                   generator (the report says so)
+DCR share closer to hold-out       share of synthetic rows closer to a real **hold-out** row (schools the generator
+                                   never saw) than to every row it was trained on, ties 1/2, rescaled by
+                                   ``0.5 / h`` (``h``: the hold-out's share of the real rows) so that a generator
+                                   drawing from the population scores about 0.5 and one that copies its training
+                                   rows 0 (the "DCR share" of Platzer & Reutterer 2021 and SynthEval, oriented so
+                                   that a copy falls below the real-vs-real band). Needs ``holdout``; without one
+                                   the row is NaN (a split of the training data would give about 0.5 whatever
+                                   the generator, so it could not fail)
 NNDR (mean)                        mean ratio of the distances to the closest and second-closest real row; near 0
                                    for copies, near 1 for points in dense real regions
 =================================  ==================================================================================
@@ -95,23 +97,30 @@ def privacy_rows(real: MultilevelData, syn: MultilevelData, *, holdout: Multilev
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(d2[:, 1] > 0, d2[:, 0] / d2[:, 1], 0.0)
     rows.append(dict(metric="NNDR (mean)", level=schema.bottom, variables="all", value=float(np.mean(ratio)), subdomain="privacy"))
-    # closer to training than to hold-out
-    if holdout is not None:
-        train, hold = real, holdout
-        note = "holdout given"
-    else:
-        from ._common import split_halves
-
-        train, hold = split_halves(real, rng)
-        note = "random halves of the real schools (generator saw both): ~0.5 expected"
-    jt, jh = train.join_as_one(), hold.join_as_one()
-    n = min(len(jt), len(jh))
-    jt = jt.iloc[rng.choice(len(jt), n, replace=False)]
-    jh = jh.iloc[rng.choice(len(jh), n, replace=False)]
-    xt, xh, xs2 = encode_features(jr, [jt, jh, js], kinds)
-    dt, dh = _nn(xt, xs2)[:, 0], _nn(xh, xs2)[:, 0]
-    share = float(np.mean((dt < dh) + 0.5 * (dt == dh)))
-    rows.append(dict(metric="DCR share closer to training", level=schema.bottom, variables=note, value=share, subdomain="privacy"))
+    rows.append(dict(metric="DCR share closer to hold-out", level=schema.bottom, variables="all",
+                     value=np.nan if holdout is None else dcr_holdout_share(real, syn, holdout),
+                     subdomain="privacy"))
     for r in rows:
         r["domain"] = "privacy"
     return rows
+
+
+def dcr_holdout_share(train: MultilevelData, syn: MultilevelData, holdout: MultilevelData, *,
+                      return_distances: bool = False, **_):
+    """``0.5 × (share of synthetic rows closer to a hold-out row than to any training row) / h``, ``h`` the
+    hold-out's share of the real rows; ties count 1/2.
+
+    If synthetic rows were drawn from the population the real rows come from, the closest of all real rows
+    to one of them would be a hold-out row with probability ``h`` (exchangeability), so the rescaled value
+    is about 0.5; a generator that copies its training rows scores 0. Rescaling instead of subsampling the
+    training rows to the hold-out's size: a subsample would leave most copied rows without their original
+    and dilute the score toward 0.5. Features as for the DCR (scaled on the training rows). With
+    ``return_distances`` also returns the two distance vectors (to the training rows, to the hold-out rows).
+    """
+    kinds = all_kinds(train)
+    jt, jh, js = train.join_as_one(), holdout.join_as_one(), syn.join_as_one()
+    xt, xh, xs = encode_features(jt, [jt, jh, js], kinds)
+    dt, dh = _nn(xt, xs)[:, 0], _nn(xh, xs)[:, 0]
+    h = len(jh) / (len(jt) + len(jh))
+    share = float(0.5 * np.mean((dh < dt) + 0.5 * (dh == dt)) / h)
+    return (share, dt, dh) if return_distances else share
