@@ -274,3 +274,24 @@ def test_by_construction_metrics_leave_the_averages(controls_report):
 def test_out_of_range_share_by_hand():
     assert within.out_of_range_share([0, 1, 2], [-1, 0, 2, 3]) == 0.5
     assert within.out_of_range_share([0, 1, 2], [0, 2]) == 0.0
+
+
+def test_dcr_diagnosis_tells_copies_from_concentration(hsb):
+    train, hold = holdout_split(hsb, 0.2, np.random.default_rng(5))
+    copy = resample_schools(train, np.random.default_rng(1))
+    d = privacy.dcr_diagnosis(train, hold, copy)
+    assert d["median DCR"] == 0.0 and d["DCR share closer to hold-out"] == 0.0
+    assert privacy.dcr_verdict(d).startswith("Memorisation")
+    # concentration: every numerical student value pulled halfway to its mean (fresh rows, less spread)
+    conc = take_units(hold, hold["schools"]["School"].to_numpy())
+    st = conc["students"]
+    for c in ("SES", "MathAch"):
+        st[c] = st[c].mean() + 0.3 * (st[c] - st[c].mean())
+    d = privacy.dcr_diagnosis(train, hold, conc)
+    assert d["spread ratio"] < 0.9 and d["NN distance ratio"] < 0.9
+    assert d["median DCR"] < d["median DCR (hold-out rows)"]
+    assert d["DCR share closer to hold-out"] > 0.4
+    assert privacy.dcr_verdict(d).startswith("Concentration")
+    # real rows the generator never saw: neither
+    d = privacy.dcr_diagnosis(train, hold, hold)
+    assert 0.9 < d["spread ratio"] < 1.1 and d["NN distance ratio"] == 1.0

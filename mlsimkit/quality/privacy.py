@@ -124,3 +124,62 @@ def dcr_holdout_share(train: MultilevelData, syn: MultilevelData, holdout: Multi
     h = len(jh) / (len(jt) + len(jh))
     share = float(0.5 * np.mean((dh < dt) + 0.5 * (dh == dt)) / h)
     return (share, dt, dh) if return_distances else share
+
+
+def dcr_diagnosis(train: MultilevelData, holdout: MultilevelData, syn: MultilevelData, *, seed: int = 0) -> dict:
+    """Why synthetic rows sit close to real rows: **memorisation** or **concentration**?
+
+    Three comparisons, each against real hold-out rows (real students the generator never saw, which is
+    what a perfect generator's rows would be like):
+
+    * ``median DCR`` of the synthetic rows and ``median DCR (hold-out rows)`` of the hold-out rows, both to
+      the training rows: synthetic rows closer than unseen real rows are the finding to explain;
+    * ``DCR share closer to hold-out`` (:func:`dcr_holdout_share`): about 0.5 unless rows are closer to the
+      training rows *than to equally near unseen rows*, i.e. unless the generator memorised;
+    * ``spread ratio``: median distance to the real centre, synthetic / hold-out rows, and ``NN distance
+      ratio``: median distance to the nearest other row *within* the data set, synthetic / hold-out rows
+      (equal numbers of rows): below 1 means the synthetic rows are packed into the dense middle of the
+      data (concentration), which also brings them close to real rows without copying any.
+    """
+    rng = np.random.default_rng(seed)
+    kinds = all_kinds(train)
+    jt, jh, js = train.join_as_one(), holdout.join_as_one(), syn.join_as_one()
+    xt, xh, xs = encode_features(jt, [jt, jh, js], kinds)
+    share = dcr_holdout_share(train, syn, holdout)
+    centre = xt.mean(axis=0)
+    n = min(len(xh), len(xs))
+    xh_n = xh[rng.choice(len(xh), n, replace=False)]
+    xs_n = xs[rng.choice(len(xs), n, replace=False)]
+    nn_s, nn_h = _nn(xs_n, xs_n, k=2)[:, 1], _nn(xh_n, xh_n, k=2)[:, 1]
+    return {
+        "median DCR": float(np.median(_nn(xt, xs)[:, 0])),
+        "median DCR (hold-out rows)": float(np.median(_nn(xt, xh)[:, 0])),
+        "DCR share closer to hold-out": share,
+        "spread ratio": float(np.median(np.linalg.norm(xs - centre, axis=1)) / np.median(np.linalg.norm(xh - centre, axis=1))),
+        "NN distance ratio": float(np.median(nn_s) / np.median(nn_h)),
+    }
+
+
+def dcr_verdict(diag: dict, share_lo: float = 0.4) -> str:
+    """One sentence reading :func:`dcr_diagnosis`: memorisation when the DCR share is below ``share_lo``
+    (e.g. the lower end of the real-vs-real band), concentration when the synthetic rows are closer than the
+    hold-out rows while their spread or nearest-neighbour distances are below the hold-out rows'."""
+    closer = diag["median DCR"] < diag["median DCR (hold-out rows)"]
+    memo = diag["DCR share closer to hold-out"] < share_lo
+    conc = diag["spread ratio"] < 0.95 or diag["NN distance ratio"] < 0.95
+    head = (f"median DCR {diag['median DCR']:.3f} against {diag['median DCR (hold-out rows)']:.3f} for real students "
+            f"the generator never saw")
+    if memo:
+        return (f"Memorisation: {head}, and only {diag['DCR share closer to hold-out']:.2f} (0.5 expected) of the "
+                "synthetic rows are as close to unseen real rows as to training rows.")
+    if closer and conc:
+        return (f"Concentration, not memorisation: {head}; the DCR share closer to hold-out is "
+                f"{diag['DCR share closer to hold-out']:.2f} (0.5 expected, copies 0), while the synthetic rows "
+                f"spread {diag['spread ratio']:.2f} times as far from the centre and sit "
+                f"{diag['NN distance ratio']:.2f} times as far from each other as real rows do: they crowd the "
+                "dense middle of the data.")
+    if closer:
+        return (f"Closer than real rows without a sign of copying or of concentration: {head}; DCR share "
+                f"{diag['DCR share closer to hold-out']:.2f}, spread ratio {diag['spread ratio']:.2f}.")
+    return (f"Neither memorisation nor concentration: {head}; DCR share {diag['DCR share closer to hold-out']:.2f}, "
+            f"spread ratio {diag['spread ratio']:.2f}.")
