@@ -256,6 +256,46 @@ def quality_inputs(study: Study, data: MultilevelData, generators: dict, k: int,
     return {"holdout": hold, "holdout_synthetic": held, "by_construction": by_con}
 
 
+def dcr_diagnoses(data: MultilevelData, inputs: dict, report, *, seed: int = 0) -> pd.DataFrame:
+    """:func:`mlsimkit.quality.privacy.dcr_diagnosis` of the first hold-out data set of each generator in
+    ``inputs`` (from :func:`quality_inputs`), with a one-sentence ``verdict``; the memorisation threshold is the
+    lower end of the real-vs-real band of the DCR share in ``report``."""
+    from .quality import privacy
+
+    hold = inputs.get("holdout")
+    if hold is None:
+        return pd.DataFrame()
+    top = data.schema.top
+    pk = data.schema.tables[top].primary_key[0]
+    ids = data[top][pk].astype(str)
+    train_part = data.subset(ids[~ids.isin(set(hold[top][pk].astype(str)))])
+    t = report.table
+    band = t[(t.dataset == "real vs real") & (t.metric == "DCR share closer to hold-out")]["ref_lo"]
+    lo = float(band.iloc[0]) if len(band) and np.isfinite(band.iloc[0]) else 0.4
+    rows = {}
+    for name, lst in inputs["holdout_synthetic"].items():
+        d = privacy.dcr_diagnosis(train_part, hold, lst[0], seed=seed)
+        rows[name] = {**d, "verdict": privacy.dcr_verdict(d, lo)}
+    return pd.DataFrame(rows).T
+
+
+def recomposition_out_of_range(generators: dict) -> pd.DataFrame:
+    """Per generator that recomposes decomposed variables: the share of its last sample's values that left the
+    observed range before they were clipped back (``last_out_of_range_``)."""
+    rows = [{"generator": n, "variable": v, "share outside before clipping": x}
+            for n, g in generators.items() for v, x in (getattr(g, "last_out_of_range_", None) or {}).items()]
+    return pd.DataFrame(rows, columns=["generator", "variable", "share outside before clipping"])
+
+
+def conditioning(generators: dict, data: MultilevelData, seed: int) -> pd.DataFrame:
+    """:meth:`CTGANGenerator.conditioning_report` of every generator that has one, at ``data.n_clusters`` schools."""
+    parts = {n: g.conditioning_report(data, data.n_clusters, seed=seed) for n, g in generators.items()
+             if hasattr(g, "conditioning_report")}
+    if not parts:
+        return pd.DataFrame(columns=["generator", "quantity", "variable", "value", "chance"])
+    return pd.concat(parts, names=["generator", None]).reset_index(level=0).reset_index(drop=True)
+
+
 # ============================================================================ Stage 3 -> 4
 def candidates(generators: dict, n_clusters: int, k: int, seed: int) -> dict:
     """``k`` synthetic data sets of ``n_clusters`` schools per generator (seeds spawned from ``seed``)."""
