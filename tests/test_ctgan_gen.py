@@ -153,7 +153,7 @@ def test_metrics_by_construction_are_exact(gen, real):
     from mlsimkit.quality import between, within
 
     decl = gen.metrics_by_construction(real.n_clusters)
-    assert set(decl) == {"cardinality shape similarity", "KS complement@schools"}
+    assert set(decl) == {"cardinality shape similarity", "KSC@schools"}
     syn = gen.sample(real.n_clusters, seed=5)
     assert between.cardinality_shape_similarity(real, syn, "students") == 1.0
     for c in ("Size", "PRACAD", "DISCLIM", "MEANSES"):

@@ -107,3 +107,23 @@ def test_ablation_icc_table_shows_real_and_synthetic_icc_per_scenario():
     assert t.loc[("schools→students", "MathAch"), "real"] == "0.174"
     assert t.loc[("schools→students", "SES"), "no-decomposition"] == "0.115 (0.843)"
     assert len(t) == 2  # other domains are not ICC rows
+
+
+def test_holdout_split_is_seeded_and_disjoint(study):
+    import mlsimkit.datasets as ds
+
+    hsb = ds.load("hsb")
+    assert wf.holdout_settings(study) == {"holdout_share": 0.2, "holdout_training": "same"}
+    train, hold = wf.split_holdout(study, hsb)
+    assert hold.n_clusters == 32 and train.n_clusters == 128
+    assert not set(train.parent.School) & set(hold.parent.School)
+    assert len(train.child) + len(hold.child) == len(hsb.child)
+    assert wf.split_holdout(study, hsb)[1].equals(hold)
+    study.params["quality"] = {"holdout_share": 0}
+    assert wf.split_holdout(study, hsb)[1] is None and wf.train_holdout(study, hsb) == {}
+    study.params["quality"] = {"holdout_share": 1.5}
+    with pytest.raises(Exception, match="quality.holdout_share"):
+        wf.holdout_settings(study)
+    study.params["quality"] = {"holdout_training": "fast"}
+    with pytest.raises(Exception, match="quality.holdout_training"):
+        wf.holdout_settings(study)

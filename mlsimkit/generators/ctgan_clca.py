@@ -426,7 +426,7 @@ class CTGANGenerator(Generator):
             out["cardinality shape similarity"] = "each synthetic school gets a real school's size"
             if self.alignment == "clca":
                 parent = self.schema_.levels[-2]
-                out[f"KS complement@{parent}"] = ("CLCA matches the school-level numerical variables to the real "
+                out[f"KSC@{parent}"] = ("CLCA matches the school-level numerical variables to the real "
                                                   "values (a permutation of them)")
         return out
 
