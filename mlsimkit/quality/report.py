@@ -331,7 +331,9 @@ class QualityReport:
                  "<p>Scores range from 0 to 1 (1 = the synthetic data reproduce the real data), except privacy distances "
                  "and the seed-001 distances. <b>reference</b> = the same metric computed between two halves of the real "
                  "schools (what a perfect generator reaches at this sample size); lo/hi = bootstrap interval over "
-                 "schools. Labels follow Table 1 of Suk et al.</p>",
+                 "schools. Labels follow Table 1 of Suk et al. A score above the band is not better: a copy of the "
+                 "real data scores above it on fidelity and below it on authenticity, detection score, DCR share "
+                 "closer to hold-out and SDIS. Items marked '1 by construction' enter no average.</p>",
                  f"<p>Settings: {html.escape(str(self.settings))}</p>",
                  "<h2>Summary (Table S2)</h2>", self.summary().to_html(index=False, float_format="%.3f")]
         for name, fig in self.figures().items():
