@@ -295,3 +295,16 @@ def test_dcr_diagnosis_tells_copies_from_concentration(hsb):
     # real rows the generator never saw: neither
     d = privacy.dcr_diagnosis(train, hold, hold)
     assert 0.9 < d["spread ratio"] < 1.1 and d["NN distance ratio"] == 1.0
+
+
+def test_dcr_diagnosis_names_the_copied_level(hsb):
+    train, hold = holdout_split(hsb, 0.2, np.random.default_rng(5))
+    # school rows copied from the training schools, students taken from the hold-out (new to the generator)
+    syn = take_units(hold, hold["schools"]["School"].to_numpy())
+    donors = train["schools"].iloc[: len(syn["schools"])].drop(columns="School").reset_index(drop=True)
+    syn["schools"][donors.columns] = donors
+    d = privacy.dcr_diagnosis(train, hold, syn)
+    assert d["DCR share closer to hold-out (schools)"] == 0.0
+    assert d["DCR share closer to hold-out (students)"] > 0.9
+    v = privacy.dcr_verdict(d, 0.9)
+    assert v.startswith("Memorisation") and "copying is in the schools (0.00) table" in v and "students (" in v

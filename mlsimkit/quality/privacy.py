@@ -139,7 +139,10 @@ def dcr_diagnosis(train: MultilevelData, holdout: MultilevelData, syn: Multileve
     * ``spread ratio``: median distance to the real centre, synthetic / hold-out rows, and ``NN distance
       ratio``: median distance to the nearest other row *within* the data set, synthetic / hold-out rows
       (equal numbers of rows): below 1 means the synthetic rows are packed into the dense middle of the
-      data (concentration), which also brings them close to real rows without copying any.
+      data (concentration), which also brings them close to real rows without copying any;
+    * the same DCR share **per table** (``DCR share closer to hold-out (<table>)``, each table's own
+      variables): it says at which level the rows are copied (e.g. school rows reproduced by a school model
+      that learned its 128 training schools by heart, while the students are new).
     """
     rng = np.random.default_rng(seed)
     kinds = all_kinds(train)
@@ -151,7 +154,15 @@ def dcr_diagnosis(train: MultilevelData, holdout: MultilevelData, syn: Multileve
     xh_n = xh[rng.choice(len(xh), n, replace=False)]
     xs_n = xs[rng.choice(len(xs), n, replace=False)]
     nn_s, nn_h = _nn(xs_n, xs_n, k=2)[:, 1], _nn(xh_n, xh_n, k=2)[:, 1]
+    per_table = {}
+    for table in train.levels:
+        k = kinds_of(train, table)
+        at, ah, as_ = encode_features(train[table], [train[table], holdout[table], syn[table]], k)
+        dt, dh = _nn(at, as_)[:, 0], _nn(ah, as_)[:, 0]
+        h = len(ah) / (len(at) + len(ah))
+        per_table[f"DCR share closer to hold-out ({table})"] = float(0.5 * np.mean((dh < dt) + 0.5 * (dh == dt)) / h)
     return {
+        **per_table,
         "median DCR": float(np.median(_nn(xt, xs)[:, 0])),
         "median DCR (hold-out rows)": float(np.median(_nn(xt, xh)[:, 0])),
         "DCR share closer to hold-out": share,
@@ -170,8 +181,16 @@ def dcr_verdict(diag: dict, share_lo: float = 0.4) -> str:
     head = (f"median DCR {diag['median DCR']:.3f} against {diag['median DCR (hold-out rows)']:.3f} for real students "
             f"the generator never saw")
     if memo:
-        return (f"Memorisation: {head}, and only {diag['DCR share closer to hold-out']:.2f} (0.5 expected) of the "
-                "synthetic rows are as close to unseen real rows as to training rows.")
+        prefix = "DCR share closer to hold-out ("
+        levels = {k[len(prefix):-1]: v for k, v in diag.items() if k.startswith(prefix)}
+        low = [f"{t} ({v:.2f})" for t, v in levels.items() if v < share_lo]
+        ok = [f"{t} ({v:.2f})" for t, v in levels.items() if v >= share_lo]
+        where = (f" The copying is in the {', '.join(low)} table{'s' if len(low) > 1 else ''}"
+                 + (f"; the {', '.join(ok)} rows are as close to unseen rows as to training rows." if ok else ".")
+                 if low else "")
+        return (f"Memorisation: {head}, and the DCR share closer to hold-out is "
+                f"{diag['DCR share closer to hold-out']:.2f} (0.5 expected, copies 0): the synthetic rows are "
+                f"nearer to the training rows than to equally many unseen ones.{where}")
     if closer and conc:
         return (f"Concentration, not memorisation: {head}; the DCR share closer to hold-out is "
                 f"{diag['DCR share closer to hold-out']:.2f} (0.5 expected, copies 0), while the synthetic rows "
