@@ -169,14 +169,15 @@ def holdout_settings(study: Study) -> dict:
 
 
 def split_holdout(study: Study, data: MultilevelData) -> tuple[MultilevelData, MultilevelData | None]:
-    """(training part, hold-out) of the real schools: ``quality.holdout_share`` of them, drawn from the study's
-    seed (``(data, None)`` when the share is 0)."""
+    """(training part, hold-out) of the real schools: ``quality.holdout_share`` of them, drawn with a seed taken
+    from the data's fingerprint, so that studies on the same data share the split and, through the model cache,
+    the hold-out generators (``(data, None)`` when the share is 0)."""
     from .quality import holdout_split
 
     share = holdout_settings(study)["holdout_share"]
     if share == 0:
         return data, None
-    rng = np.random.default_rng(np.random.SeedSequence(int(study["seed"]), spawn_key=(7_001,)))
+    rng = np.random.default_rng(np.random.SeedSequence(int(fingerprint(data), 16), spawn_key=(7_001,)))
     return holdout_split(data, share, rng)
 
 

@@ -119,6 +119,8 @@ def test_holdout_split_is_seeded_and_disjoint(study):
     assert not set(train.parent.School) & set(hold.parent.School)
     assert len(train.child) + len(hold.child) == len(hsb.child)
     assert wf.split_holdout(study, hsb)[1].equals(hold)
+    study.params["seed"] = study.params["seed"] + 1  # the split follows the data, not the study's seed
+    assert wf.split_holdout(study, hsb)[1].equals(hold)
     study.params["quality"] = {"holdout_share": 0}
     assert wf.split_holdout(study, hsb)[1] is None and wf.train_holdout(study, hsb) == {}
     study.params["quality"] = {"holdout_share": 1.5}
