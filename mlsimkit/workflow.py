@@ -10,7 +10,8 @@ folder (see :class:`mlsimkit.study.Study`):
 stage            writes
 ===============  ==============================================================================
 1-specify        ``1-specify/data/`` (validated real data + schema), ``1-specify/icc.csv``
-2-train          ``2-train/models/<generator>.zip``, ``2-train/history.csv``
+2-train          ``2-train/models/<generator>.zip``, ``2-train/history.csv``; the hold-out generators
+                 ``2-train/holdout-models/<generator>.zip`` and the held-out schools ``2-train/holdout.csv``
 3-quality        ``3-quality/summary.csv``, ``3-quality/choice.json`` (the best generator), report
 4-simulate       ``4-simulate/<source>/`` (sharded results), ``4-simulate/results.parquet``, ``truth.csv``
 5-evaluate       ``5-evaluate/summary.csv``
@@ -168,6 +169,159 @@ def load_generators(study: Study) -> dict:
     schema = real_data(study).schema
     trust = trust_model_files(study)
     return {name: G.load(model_path(study, name), schema=schema, trust=trust) for name in study["generators"]}
+
+
+# ============================================================================ Stage 2: the hold-out
+#: What each copy of a generator is used for (the notebooks show it as a table).
+ROLES = {
+    "all": "Stage 3 fidelity, validity and ML efficacy; Stage 4 simulations",
+    "holdout": "Stage 3 privacy and seed-001 (DCR share closer to hold-out, TSTR AUROC (OOD), SDIS, authenticity)",
+}
+
+
+def holdout_settings(study: Study) -> dict:
+    """``holdout_share`` and ``holdout_training`` of the study's ``quality:`` params (defaults 0.2 and ``same``)."""
+    from . import quality
+
+    st_ = quality.default_settings(study.profile, study.get("quality"))
+    share, how = st_["holdout_share"], st_["holdout_training"]
+    if not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ParamsError(f"file '{study.file}': 'quality.holdout_share' must be a number in [0, 1), got {share!r}")
+    if how not in ("same", "quick"):
+        raise ParamsError(f"file '{study.file}': 'quality.holdout_training' must be 'same' or 'quick', got {how!r}")
+    return {"holdout_share": float(share), "holdout_training": how}
+
+
+def split_holdout(study: Study, data: MultilevelData) -> tuple[MultilevelData, MultilevelData | None]:
+    """(training part, hold-out) of the real schools: ``quality.holdout_share`` of them, drawn with a seed taken
+    from the data's fingerprint, so that studies on the same data share the split and, through the model cache,
+    the hold-out generators (``(data, None)`` when the share is 0)."""
+    from .quality import holdout_split
+
+    share = holdout_settings(study)["holdout_share"]
+    if share == 0:
+        return data, None
+    rng = np.random.default_rng(np.random.SeedSequence(int(fingerprint(data), 16), spawn_key=(7_001,)))
+    return holdout_split(data, share, rng)
+
+
+def _holdout_generator_settings(study: Study) -> dict:
+    how = holdout_settings(study)["holdout_training"]
+    if how == "same":
+        return study["generators"]
+    from .study import load as load_study
+
+    return load_study(study.name, "quick", study.root)["generators"]
+
+
+def train_holdout(study: Study, data: MultilevelData, *, log: Callable = print) -> dict:
+    """Stage 2: train each generator again on the real schools without the hold-out (settings: the study's
+    own, or the quick profile's with ``quality.holdout_training: quick``), save it under
+    ``2-train/holdout-models`` and the held-out school ids in ``2-train/holdout.csv``. ``{}`` when
+    ``quality.holdout_share`` is 0. Trained models are cached like :func:`train`'s."""
+    train_part, hold = split_holdout(study, data)
+    if hold is None:
+        return {}
+    top = data.schema.top
+    pk = data.schema.tables[top].primary_key[0]
+    with atomic_path(study.path("2-train", "holdout.csv")) as tmp:
+        hold[top][[pk]].to_csv(tmp, index=False)
+    out = {}
+    for name, settings in _holdout_generator_settings(study).items():
+        gen = train_one(study, train_part, name, settings, log=lambda m: log(f"{m} (hold-out model)"))
+        gen.save(study.path("2-train", "holdout-models", f"{name}{G.SUFFIX}"))
+        out[name] = gen
+    return out
+
+
+def load_holdout(study: Study, data: MultilevelData) -> tuple[dict, MultilevelData, MultilevelData | None]:
+    """(hold-out generators, training part, hold-out) as saved by Stage 2; ``({}, data, None)`` without a hold-out."""
+    if holdout_settings(study)["holdout_share"] == 0:
+        return {}, data, None
+    path = study.require("2-train/holdout.csv", made_by="2-train")
+    top = data.schema.top
+    pk = data.schema.tables[top].primary_key[0]
+    held = set(pd.read_csv(path, dtype=str)[pk])
+    ids = data[top][pk].astype(str)
+    train_part, hold = data.subset(ids[~ids.isin(held)]), data.subset(ids[ids.isin(held)])
+    trust = trust_model_files(study)
+    models = {name: G.load(study.require(f"2-train/holdout-models/{name}{G.SUFFIX}", made_by="2-train"),
+                           schema=data.schema, trust=trust)
+              for name in study["generators"]}
+    return models, train_part, hold
+
+
+def generator_roles(study: Study, data: MultilevelData, generators: dict, holdout_generators: dict) -> pd.DataFrame:
+    """One row per trained model: which schools it saw, what it is used for, and its training time."""
+    train_part, hold = split_holdout(study, data)
+    rows = []
+    for name, g in generators.items():
+        rows.append({"generator": name, "model": "all schools", "schools seen": data.n_clusters,
+                     "used for": ROLES["all"], "train seconds": getattr(g, "train_seconds_", np.nan)})
+    for name, g in holdout_generators.items():
+        rows.append({"generator": name, "model": "hold-out", "schools seen": train_part.n_clusters,
+                     "used for": ROLES["holdout"], "train seconds": getattr(g, "train_seconds_", np.nan)})
+    return pd.DataFrame(rows).set_index(["generator", "model"])
+
+
+def quality_inputs(study: Study, data: MultilevelData, generators: dict, k: int, seed: int, *,
+                   shuffled_control: bool = True) -> dict:
+    """The hold-out arguments of :func:`mlsimkit.quality.evaluate` for Stage 3: ``holdout``,
+    ``holdout_synthetic`` (``k`` data sets per hold-out generator, as many schools as the training part;
+    plus shuffled schools of the training part as the negative control) and ``by_construction`` (the
+    metrics each generator makes 1 by construction at ``data.n_clusters`` schools)."""
+    from . import quality
+
+    models, train_part, hold = load_holdout(study, data)
+    by_con = {name: g.metrics_by_construction(data.n_clusters) for name, g in generators.items()
+              if hasattr(g, "metrics_by_construction")}
+    if hold is None:
+        return {"by_construction": by_con}
+    held = candidates(models, train_part.n_clusters, k, seed)
+    if shuffled_control:
+        held["shuffled schools"] = [quality.shuffled_schools(train_part, seed=seed + i) for i in range(k)]
+    return {"holdout": hold, "holdout_synthetic": held, "by_construction": by_con}
+
+
+def dcr_diagnoses(data: MultilevelData, inputs: dict, report, *, seed: int = 0) -> pd.DataFrame:
+    """:func:`mlsimkit.quality.privacy.dcr_diagnosis` of the first hold-out data set of each generator in
+    ``inputs`` (from :func:`quality_inputs`), with a one-sentence ``verdict``; the memorisation threshold is the
+    lower end of the real-vs-real band of the DCR share in ``report``, at most 0.4 (a band from two or three
+    splits can be narrow by chance)."""
+    from .quality import privacy
+
+    hold = inputs.get("holdout")
+    if hold is None:
+        return pd.DataFrame()
+    top = data.schema.top
+    pk = data.schema.tables[top].primary_key[0]
+    ids = data[top][pk].astype(str)
+    train_part = data.subset(ids[~ids.isin(set(hold[top][pk].astype(str)))])
+    t = report.table
+    band = t[(t.dataset == "real vs real") & (t.metric == "DCR share closer to hold-out")]["ref_lo"]
+    lo = min(float(band.iloc[0]), 0.4) if len(band) and np.isfinite(band.iloc[0]) else 0.4
+    rows = {}
+    for name, lst in inputs["holdout_synthetic"].items():
+        d = privacy.dcr_diagnosis(train_part, hold, lst[0], seed=seed)
+        rows[name] = {**d, "verdict": privacy.dcr_verdict(d, lo)}
+    return pd.DataFrame(rows).T
+
+
+def recomposition_out_of_range(generators: dict) -> pd.DataFrame:
+    """Per generator that recomposes decomposed variables: the share of its last sample's values that left the
+    observed range before they were clipped back (``last_out_of_range_``)."""
+    rows = [{"generator": n, "variable": v, "share outside before clipping": x}
+            for n, g in generators.items() for v, x in (getattr(g, "last_out_of_range_", None) or {}).items()]
+    return pd.DataFrame(rows, columns=["generator", "variable", "share outside before clipping"])
+
+
+def conditioning(generators: dict, data: MultilevelData, seed: int) -> pd.DataFrame:
+    """:meth:`CTGANGenerator.conditioning_report` of every generator that has one, at ``data.n_clusters`` schools."""
+    parts = {n: g.conditioning_report(data, data.n_clusters, seed=seed) for n, g in generators.items()
+             if hasattr(g, "conditioning_report")}
+    if not parts:
+        return pd.DataFrame(columns=["generator", "quantity", "variable", "value", "chance"])
+    return pd.concat(parts, names=["generator", None]).reset_index(level=0).reset_index(drop=True)
 
 
 # ============================================================================ Stage 3 -> 4

@@ -140,3 +140,29 @@ def test_same_random_state_same_model(real, gen):
     a, b = gen.sample(6, seed=11), again.sample(6, seed=11)
     for t in a.levels:
         pd.testing.assert_frame_equal(a[t], b[t])
+
+
+def test_conditioning_report_measures_the_condition(gen, real):
+    rep = gen.conditioning_report(real, seed=4).set_index(["quantity", "variable"])
+    match = rep.loc[("label match rate", "School")]
+    assert match.chance == pytest.approx(1 / N_SCHOOLS)
+    # recompute the match rate from the same draw: labels and rows are deterministic given the seed
+    rng = np.random.default_rng(4)
+    idx, sizes = gen._draw_clusters(N_SCHOOLS, rng)
+    raw = gen._generate(np.repeat(idx, sizes), rng)
+    assert match.value == pytest.approx(np.mean(raw["School"].astype(str).to_numpy() == gen.labels_[np.repeat(idx, sizes)]))
+    corr = rep.xs("SES", level="variable").value.iloc[0]
+    assert -1 <= corr <= 1
+    assert {"SES", "MathAch", "MEANSES", "DISCLIM"} <= set(rep.index.get_level_values("variable"))
+
+
+def test_metrics_by_construction_are_exact(gen, real):
+    from mlsimkit.quality import between, within
+
+    decl = gen.metrics_by_construction(real.n_clusters)
+    assert set(decl) == {"cardinality shape similarity", "KSC@schools"}
+    syn = gen.sample(real.n_clusters, seed=5)
+    assert between.cardinality_shape_similarity(real, syn, "students") == 1.0
+    for c in ("Size", "PRACAD", "DISCLIM", "MEANSES"):
+        assert within.ks_complement(real.parent[c], syn.parent[c]) == 1.0
+    assert gen.metrics_by_construction(real.n_clusters + 1) == {}

@@ -6,7 +6,7 @@ import pytest
 
 import mlsimkit.datasets as ds
 from mlsimkit.data import MultilevelData
-from mlsimkit.decompose import decompose, decomposed_schema, recompose
+from mlsimkit.decompose import decompose, decomposed_schema, out_of_range_share, recompose
 from mlsimkit.errors import MlsimkitError
 from mlsimkit.schema import Schema
 
@@ -86,7 +86,7 @@ def test_recentring_makes_school_mean_the_generated_one(hsb):
     parent = dd.parent.copy()
     parent["MathAch_mean"] = rng.normal(12.0, 3.0, len(parent))
     syn = MultilevelData(dd.schema, {"schools": parent, "students": child}, validate=False)
-    out = recompose(syn, info)
+    out = recompose(syn, info, clip=False)  # clipping to the observed range would move a few school means
     got = out.child.groupby("School").MathAch.mean()
     want = parent.set_index("School").MathAch_mean.loc[got.index]
     assert np.allclose(got.to_numpy(), want.to_numpy(), atol=1e-10)
@@ -95,7 +95,7 @@ def test_recentring_makes_school_mean_the_generated_one(hsb):
     sd_dev = child.groupby("School").MathAch.std()
     assert np.allclose(sd_out.to_numpy(), sd_dev.loc[sd_out.index].to_numpy(), atol=1e-10)
     # without re-centring the mean is shifted by the mean deviation
-    out2 = recompose(syn, info, recenter=False)
+    out2 = recompose(syn, info, recenter=False, clip=False)
     assert not np.allclose(out2.child.groupby("School").MathAch.mean().to_numpy(), want.to_numpy(), atol=0.5)
 
 
@@ -115,3 +115,26 @@ def test_decompose_errors(hsb):
         decompose(hsb, ["Sex"])
     with pytest.raises(MlsimkitError, match="not a variable of the bottom table"):
         decompose(hsb, ["PRACAD"])
+
+
+def test_recompose_keeps_values_in_the_observed_range(hsb):
+    dd, info = decompose(hsb)
+    assert info.observed_range["MathAch"] == (hsb.child.MathAch.min(), hsb.child.MathAch.max())
+    # a synthetic school whose mean and deviations are each in range but whose sums are not
+    syn = MultilevelData(dd.schema, {"schools": dd.parent.copy(), "students": dd.child.copy()}, validate=False)
+    top = syn.parent.MathAch_mean.idxmax()
+    school = syn.parent.School[top]
+    rows = syn.child.School == school
+    syn.child.loc[rows, "MathAch"] = np.where(np.arange(rows.sum()) % 2 == 0, 15.0, -15.0)
+    share = out_of_range_share(syn, info)
+    dev = syn.child.MathAch[rows].to_numpy()
+    x = dev - dev.mean() + syn.parent.MathAch_mean[top]  # re-centred, then the school mean added
+    lo, hi = info.observed_range["MathAch"]
+    n_hi, n_lo = int((x > hi).sum()), int((x < lo).sum())
+    assert share["MathAch"] == pytest.approx((n_hi + n_lo) / len(hsb.child)) and n_hi > 0
+    back = recompose(syn, info)
+    assert back.child.MathAch.min() >= lo and back.child.MathAch.max() <= hi
+    assert (back.child.MathAch[rows] == hi).sum() == n_hi and (back.child.MathAch[rows] == lo).sum() == n_lo
+    # a declared bound wins over the observed one (the schema allows wider)
+    _, info_sch = decomposed_schema(hsb.schema)
+    assert info_sch.observed_range == {}

@@ -110,11 +110,17 @@ def test_recentred_school_means(tiny):
         gen.decomposition_ = info
     # (work_schema_ holds the decomposed schema; data come back in it)
     assert "MathAch_mean" in raw.parent.columns
-    out = recompose(raw, info)
+    out = recompose(raw, info, clip=False)
     m = out.child.groupby("School", sort=False).MathAch.mean()
     want = raw.parent.set_index("School").MathAch_mean.loc[m.index]
     assert np.allclose(m.to_numpy(), want.to_numpy(), atol=1e-9)
-    pd.testing.assert_frame_equal(out.child, gen.sample(15, seed=4).child)
+    pd.testing.assert_frame_equal(recompose(raw, info).child, gen.sample(15, seed=4).child)
+    # the sample reports the share it clipped back into the observed range
+    from mlsimkit.decompose import out_of_range_share
+
+    assert gen.last_out_of_range_ == out_of_range_share(raw, info)
+    lo, hi = info.observed_range["MathAch"]
+    assert gen.sample(15, seed=4).child.MathAch.between(lo, hi).all()
 
 
 def test_global_rng_untouched(hsb, tiny):

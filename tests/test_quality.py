@@ -5,10 +5,22 @@ import pandas as pd
 import pytest
 
 import mlsimkit.datasets as ds
-from mlsimkit.quality import between, evaluate, label, privacy, shuffled_schools, within
-from mlsimkit.quality._common import resample_schools, split_halves
+from mlsimkit.data import MultilevelData
+from mlsimkit.quality import between, evaluate, holdout_split, label, privacy, shuffled_schools, within
+from mlsimkit.quality._common import resample_schools, split_halves, take_units
 from mlsimkit.quality.efficacy import RandomInterceptLM
-from mlsimkit.quality.report import fidelity_rows
+from mlsimkit.quality.report import BY_CONSTRUCTION, fidelity_rows
+from mlsimkit.schema import Schema
+
+
+def _toy(schools, xs) -> MultilevelData:
+    """One student per value ``xs[i]`` in school ``schools[i]``; schools carry no variable."""
+    schema = Schema.from_dict({"name": "toy", "tables": {
+        "schools": {"file": "s.csv", "primary_key": "S", "columns": {"S": "id"}},
+        "students": {"file": "p.csv", "primary_key": "P", "parent": "schools", "foreign_key": "S",
+                     "columns": {"P": "id", "S": "id", "x": "numerical"}}}})
+    students = pd.DataFrame({"P": [f"p{i}" for i in range(len(xs))], "S": schools, "x": np.asarray(xs, float)})
+    return MultilevelData(schema, {"schools": pd.DataFrame({"S": sorted(set(schools))}), "students": students})
 
 
 def cat(values, levels):
@@ -184,3 +196,115 @@ def test_lmm_adapter_agrees_with_builtin():
     a = _LmmAdapter().fit(X, y, g).predict(X[:5])
     b = RandomInterceptLM().fit(X, y, g).predict(X[:5])
     assert np.allclose(a, b, atol=1e-3)
+
+
+# ------------------------------------------------------------------ negative controls against the band
+@pytest.fixture(scope="module")
+def controls_report(hsb):
+    """Copies of the real schools and shuffled schools, scored as generators trained without a hold-out."""
+    train, hold = holdout_split(hsb, 0.2, np.random.default_rng(5))
+    top_ids = train["schools"]["School"].to_numpy()
+    copies = {"bootstrap copy": resample_schools(train, np.random.default_rng(1)),
+              "row copy": take_units(train, top_ids),  # every training row once, under new ids
+              "shuffled schools": shuffled_schools(train, seed=3)}
+    return evaluate(hsb, {k: [v] for k, v in copies.items()}, holdout=hold,
+                    holdout_synthetic={k: [v] for k, v in copies.items()}, reference_splits=5, efficacy=False,
+                    by_construction={"row copy": {"cardinality shape similarity": "school sizes copied"}}, seed=0)
+
+
+@pytest.mark.parametrize("copy", ["bootstrap copy", "row copy"])
+@pytest.mark.parametrize("metric", ["SDIS", "DCR share closer to hold-out", "authenticity", "detection score"])
+def test_copies_fall_below_the_real_vs_real_band(controls_report, copy, metric):
+    t = controls_report.table
+    row = t[(t.dataset == copy) & (t.metric == metric)].iloc[0]
+    assert row.value < row.ref_lo
+    assert row.ref_lo > 0.3  # the band itself is not degenerate
+
+
+def test_shuffled_schools_fall_below_the_band_on_icc_similarity(controls_report):
+    t = controls_report.table
+    icc = t[(t.dataset == "shuffled schools") & (t.metric == "ICC similarity")]
+    assert (icc.value < icc.ref_lo).all()
+
+
+def test_detection_counts_copies_as_detected(hsb):
+    from mlsimkit.quality import seed001
+    from mlsimkit.quality._common import all_kinds
+
+    jr = hsb.join_as_one()
+    kinds = all_kinds(hsb)
+    assert seed001.detection_auc(jr, jr.copy(), kinds, jr.School, "c" + jr.School) == 1.0
+    assert seed001.detection_score(1.0) == 0.0 and seed001.detection_score(0.0) == 0.0
+    assert seed001.detection_score(0.5) == 1.0 and seed001.detection_score(0.25) == 0.5
+
+
+def test_ood_and_dcr_share_need_a_holdout(hsb):
+    a, b = split_halves(hsb, np.random.default_rng(2))
+    rows = pd.DataFrame(privacy.privacy_rows(a, b)).set_index("metric").value
+    assert np.isnan(rows["DCR share closer to hold-out"])
+    from mlsimkit.quality.seed001 import seed001_rows
+
+    names = {r["metric"] for r in seed001_rows(a, b)}
+    assert {"TSTR AUROC (training rows)", "SDIS (no hold-out)"} <= names and "SDIS" not in names
+
+
+def test_dcr_holdout_share_by_hand():
+    from mlsimkit.data import MultilevelData
+
+    real = _toy(["a", "a", "b", "c"], [0.0, 1.0, 10.0, 20.0])
+    train, hold = real.subset(["a", "b"]), real.subset(["c"])  # 3 training rows, 1 hold-out row: h = 1/4
+    syn = _toy(["x", "x"], [0.0, 19.0])  # one copy of a training row, one row next to the hold-out row
+    assert privacy.dcr_holdout_share(train, syn, hold) == pytest.approx(0.5 * 0.5 / 0.25)
+
+
+def test_by_construction_metrics_leave_the_averages(controls_report):
+    s = controls_report.summary()
+    rc = s[s.dataset == "row copy"].set_index("item").value
+    assert "cardinality shape similarity" + BY_CONSTRUCTION in rc.index
+    assert "referential integrity" + BY_CONSTRUCTION in rc.index
+    assert "cardinality shape similarity" not in rc.index and "referential integrity" not in rc.index
+    b = controls_report.replicates
+    b = b[(b.dataset == "row copy") & (b.domain == "between-table") & b.informative]
+    assert rc["between-table fidelity"] == pytest.approx(b.groupby("metric", sort=False).value.mean().mean())
+    t = controls_report.table
+    assert not t[(t.dataset == "row copy") & (t.metric == "cardinality shape similarity")].informative.any()
+    assert t[(t.dataset == "bootstrap copy") & (t.metric == "cardinality shape similarity")].informative.all()
+
+
+def test_out_of_range_share_by_hand():
+    assert within.out_of_range_share([0, 1, 2], [-1, 0, 2, 3]) == 0.5
+    assert within.out_of_range_share([0, 1, 2], [0, 2]) == 0.0
+
+
+def test_dcr_diagnosis_tells_copies_from_concentration(hsb):
+    train, hold = holdout_split(hsb, 0.2, np.random.default_rng(5))
+    copy = resample_schools(train, np.random.default_rng(1))
+    d = privacy.dcr_diagnosis(train, hold, copy)
+    assert d["median DCR"] == 0.0 and d["DCR share closer to hold-out"] == 0.0
+    assert privacy.dcr_verdict(d).startswith("Memorisation")
+    # concentration: every numerical student value pulled halfway to its mean (fresh rows, less spread)
+    conc = take_units(hold, hold["schools"]["School"].to_numpy())
+    st = conc["students"]
+    for c in ("SES", "MathAch"):
+        st[c] = st[c].mean() + 0.3 * (st[c] - st[c].mean())
+    d = privacy.dcr_diagnosis(train, hold, conc)
+    assert d["spread ratio"] < 0.9 and d["NN distance ratio"] < 0.9
+    assert d["median DCR"] < d["median DCR (hold-out rows)"]
+    assert d["DCR share closer to hold-out"] > 0.4
+    assert privacy.dcr_verdict(d).startswith("Concentration")
+    # real rows the generator never saw: neither
+    d = privacy.dcr_diagnosis(train, hold, hold)
+    assert 0.9 < d["spread ratio"] < 1.1 and d["NN distance ratio"] == 1.0
+
+
+def test_dcr_diagnosis_names_the_copied_level(hsb):
+    train, hold = holdout_split(hsb, 0.2, np.random.default_rng(5))
+    # school rows copied from the training schools, students taken from the hold-out (new to the generator)
+    syn = take_units(hold, hold["schools"]["School"].to_numpy())
+    donors = train["schools"].iloc[: len(syn["schools"])].drop(columns="School").reset_index(drop=True)
+    syn["schools"][donors.columns] = donors
+    d = privacy.dcr_diagnosis(train, hold, syn)
+    assert d["DCR share closer to hold-out (schools)"] == 0.0
+    assert d["DCR share closer to hold-out (students)"] > 0.9
+    v = privacy.dcr_verdict(d, 0.9)
+    assert v.startswith("Memorisation") and "copying is in the schools (0.00) table" in v and "students (" in v

@@ -187,7 +187,7 @@ def test_study_artifacts_complete(quick_book, study):
     out, _ = quick_book
     s = st.load(study, "quick", out)
     run_dir = out / "runs" / study / "quick"
-    assert (run_dir / "2-train" / "models" / "clavaddpm.pkl").is_file()
+    assert (run_dir / "2-train" / "models" / "clavaddpm.zip").is_file()
     choice = json.loads((run_dir / "3-quality" / "choice.json").read_text())
     assert choice["best"] in s["generators"]
     res = pd.read_parquet(run_dir / "4-simulate" / "results.parquet")

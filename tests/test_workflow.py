@@ -123,3 +123,25 @@ def test_model_cache_reuses_checked_files_and_retrains_bad_ones(study, tmp_path,
     study.params["trust_model_files"] = "yes"
     with pytest.raises(ParamsError, match="'trust_model_files' must be true or false"):
         wf.train_one(study, data, "boot", {"generator": "bootstrap"}, log=logs.append)
+
+
+def test_holdout_split_is_seeded_and_disjoint(study):
+    import mlsimkit.datasets as ds
+
+    hsb = ds.load("hsb")
+    assert wf.holdout_settings(study) == {"holdout_share": 0.2, "holdout_training": "same"}
+    train, hold = wf.split_holdout(study, hsb)
+    assert hold.n_clusters == 32 and train.n_clusters == 128
+    assert not set(train.parent.School) & set(hold.parent.School)
+    assert len(train.child) + len(hold.child) == len(hsb.child)
+    assert wf.split_holdout(study, hsb)[1].equals(hold)
+    study.params["seed"] = study.params["seed"] + 1  # the split follows the data, not the study's seed
+    assert wf.split_holdout(study, hsb)[1].equals(hold)
+    study.params["quality"] = {"holdout_share": 0}
+    assert wf.split_holdout(study, hsb)[1] is None and wf.train_holdout(study, hsb) == {}
+    study.params["quality"] = {"holdout_share": 1.5}
+    with pytest.raises(Exception, match="quality.holdout_share"):
+        wf.holdout_settings(study)
+    study.params["quality"] = {"holdout_training": "fast"}
+    with pytest.raises(Exception, match="quality.holdout_training"):
+        wf.holdout_settings(study)

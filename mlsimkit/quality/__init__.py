@@ -9,14 +9,21 @@ Main entry point::
     rep.summary()      # domain averages as in Table S2, with Table 1 labels and the reference
     rep.figure_icc(); rep.to_html("quality.html")
 
+Privacy and the out-of-distribution score need real schools the generator never saw: pass ``holdout`` (those
+schools) and ``holdout_synthetic`` (data sets from the same generators trained without them); see
+:func:`evaluate`. Metrics that a generator makes 1 by construction are declared with ``by_construction`` and
+left out of the domain averages. A score above the real-vs-real band is not better (:mod:`.reference`).
+
 Modules: :mod:`.within` (within-table fidelity), :mod:`.between` (between-table fidelity, ICC and reliability
 similarity), :mod:`.efficacy` (ML efficacy, TSTR vs TRTR), :mod:`.privacy` (generalization, DCR),
 :mod:`.seed001` (Wasserstein, Jensen-Shannon, alpha-precision, beta-recall, authenticity, detection, SDIS),
-:mod:`.reference` (real-vs-real halves, bootstrap, the shuffled-schools data set), :mod:`.report`.
+:mod:`.reference` (real-vs-real halves, hold-out split, bootstrap, the shuffled-schools data set), :mod:`.report`;
+validity (the share of values outside the real range) is in :mod:`.within`.
 """
 
 from .reference import shuffled_schools
+from .reference import holdout_split
 from .report import PROFILE_SETTINGS, QualityReport, default_settings, evaluate, evaluate_settings, label, summarise_rows
 
-__all__ = ["evaluate", "QualityReport", "label", "shuffled_schools", "summarise_rows", "default_settings",
+__all__ = ["evaluate", "QualityReport", "label", "shuffled_schools", "holdout_split", "summarise_rows", "default_settings",
            "evaluate_settings", "PROFILE_SETTINGS"]

@@ -26,12 +26,17 @@ from ._common import kinds_of, resample_schools, split_halves
 from .between import between_tables, icc_tables
 from .efficacy import efficacy_rows
 from .privacy import privacy_rows
-from .reference import band, interval
+from .reference import band, holdout_split, interval  # noqa: F401  (holdout_split re-exported)
 from .seed001 import seed001_rows
-from .within import within_table
+from .within import range_rows, within_table
 
 KEYS = ["domain", "subdomain", "metric", "level", "variables"]
 REFERENCE = "real vs real"
+#: Suffix of a summary item whose metric is 1 by construction for that data set (excluded from the averages).
+BY_CONSTRUCTION = " (1 by construction, not averaged)"
+#: Metrics that are 1 by construction for every data set evaluated here: the keys of synthetic data are
+#: assembled by the generators' code, and real data passed Stage 1's key validation.
+ALWAYS_BY_CONSTRUCTION = {"referential integrity": "keys are assembled by the code (synthetic) or validated in Stage 1 (real)"}
 
 # Table 1 of Suk et al.
 LABELS = [(0.90, "Excellent"), (0.80, "Good"), (0.60, "Fair"), (-np.inf, "Poor")]
@@ -59,16 +64,73 @@ def fidelity_rows(real: MultilevelData, syn: MultilevelData, *, real_iccs=None) 
 
 def score_pair(real: MultilevelData, syn: MultilevelData, *, efficacy=False, privacy=True, seed001=True, seed=0,
                real_iccs=None, holdout=None, cache=None, targets=None) -> list[dict]:
-    """Every metric of one (real, synthetic) pair, as long rows."""
-    rows = fidelity_rows(real, syn, real_iccs=real_iccs)
+    """Every metric of one (real, synthetic) pair, as long rows. ``real`` is what the generator was trained on;
+    ``holdout``: real schools it never saw (for the DCR share closer to hold-out and the OOD score)."""
+    rows = fidelity_rows(real, syn, real_iccs=real_iccs) + validity_rows(real, syn)
     if privacy:
         rows += privacy_rows(real, syn, holdout=holdout, rng=np.random.default_rng(seed))
     if seed001:
-        rows += seed001_rows(real, syn, seed=seed)
+        rows += seed001_rows(real, syn, holdout=holdout, seed=seed)
     if efficacy:
         mode = "full" if efficacy is True else efficacy
         rows += efficacy_rows(real, syn, mode=mode, seed=seed, _cache=cache, targets=targets)
     return rows
+
+
+def validity_rows(real: MultilevelData, syn: MultilevelData) -> list[dict]:
+    """The share of synthetic values outside the real range, per numerical column of every table."""
+    rows = []
+    for table in real.levels:
+        rows += range_rows(real[table], syn[table], kinds_of(real, table), table)
+    return rows
+
+
+def reference_pair(a: MultilevelData, b: MultilevelData, n_holdout: int = 0, *, privacy=True, seed001=True,
+                   seed: int = 0) -> list[dict]:
+    """One real-vs-real split scored as a generator would be: ``b`` plays the synthetic data.
+
+    Fidelity and validity compare ``b`` with the whole half ``a``. With ``n_holdout > 0`` the privacy and
+    seed-001 rows are computed as for a generator trained without a hold-out: ``a`` is cut into a training
+    part and a hold-out part of ``min(n_holdout, len(a) // 2)`` schools (``b`` saw neither).
+    """
+    rows = fidelity_rows(a, b) + validity_rows(a, b)
+    if not (privacy or seed001):
+        return rows
+    if n_holdout > 0:
+        share = min(n_holdout, a.n_clusters // 2) / a.n_clusters
+        train, hold = holdout_split(a, share, np.random.default_rng(seed))
+    else:
+        train, hold = a, None
+    if privacy:
+        rows += privacy_rows(train, b, holdout=hold, rng=np.random.default_rng(seed))
+    if seed001:
+        rows += seed001_rows(train, b, holdout=hold, seed=seed)
+    return rows
+
+
+def mark_by_construction(frame: pd.DataFrame, by_construction: Mapping | None = None) -> pd.DataFrame:
+    """Add ``informative`` (False where a metric is 1 by construction for that data set) and ``note`` columns.
+
+    ``by_construction`` maps a data set name to ``{metric: reason}`` or ``{"metric@level": reason}``;
+    :data:`ALWAYS_BY_CONSTRUCTION` applies to every data set.
+    """
+    frame = frame.copy()
+    frame["informative"] = True
+    frame["note"] = ""
+    if frame.empty:
+        return frame
+    decl = {}
+    for name in frame["dataset"].unique():
+        decl[name] = {**ALWAYS_BY_CONSTRUCTION, **dict((by_construction or {}).get(name, {}))}
+    for name, spec in decl.items():
+        for key, reason in spec.items():
+            metric, _, level = str(key).partition("@")
+            hit = (frame["dataset"] == name) & (frame["metric"] == metric)
+            if level:
+                hit &= frame["level"] == level
+            frame.loc[hit, "informative"] = False
+            frame.loc[hit, "note"] = f"1 by construction: {reason}"
+    return frame
 
 
 # ------------------------------------------------------------------------------------ summaries (Table S2)
@@ -78,12 +140,22 @@ def summarise_rows(df: pd.DataFrame, levels: Sequence[str]) -> pd.DataFrame:
     Within a table: each metric is averaged over its variables or pairs; marginal fidelity = mean of the
     marginal metric averages, pairwise fidelity = mean of the pairwise ones, table fidelity = mean of all
     metric averages. Between tables: each metric's average, and their mean. ML efficacy: per target the mean
-    over models; per level the mean over targets; overall the mean over all targets.
+    over models; per level the mean over targets; overall the mean over all targets. Rows with
+    ``informative == False`` (1 by construction, :func:`mark_by_construction`) enter no average; their metric
+    is listed with the suffix :data:`BY_CONSTRUCTION`. Privacy, seed-001 and validity: each metric's mean.
     """
     out = []
+    if "informative" in df.columns:
+        informative = df["informative"].fillna(True).astype(bool)
+        fixed, df = df[~informative], df[informative]
+    else:
+        fixed = df.iloc[:0]
     w = df[df.domain == "within-table"]
     for table in levels:
         t = w[w.level == table]
+        for metric, v in fixed[(fixed.domain == "within-table") & (fixed.level == table)].groupby(
+                "metric", sort=False)["value"].mean().items():
+            out.append(("within-table", table, metric + BY_CONSTRUCTION, v))
         if t.empty:
             continue
         m = t.groupby(["subdomain", "metric"], sort=False)["value"].mean()
@@ -93,6 +165,8 @@ def summarise_rows(df: pd.DataFrame, levels: Sequence[str]) -> pd.DataFrame:
             if sub in m.index.get_level_values(0):
                 out.append(("within-table", table, f"{sub} fidelity", m.loc[sub].mean()))
         out.append(("within-table", table, f"{table}-table fidelity", m.mean()))
+    for metric, v in fixed[fixed.domain == "between-table"].groupby("metric", sort=False)["value"].mean().items():
+        out.append(("between-table", "all", metric + BY_CONSTRUCTION, v))
     b = df[df.domain == "between-table"]
     if not b.empty:
         m = b.groupby("metric", sort=False)["value"].mean()
@@ -106,7 +180,7 @@ def summarise_rows(df: pd.DataFrame, levels: Sequence[str]) -> pd.DataFrame:
             if table in per_target.index.get_level_values(0):
                 out.append(("ML efficacy", table, f"{table}-level efficacy", per_target.loc[table].mean()))
         out.append(("ML efficacy", "all", "overall efficacy", per_target.mean()))
-    for dom in ("privacy", "seed-001"):
+    for dom in ("privacy", "seed-001", "validity"):
         d = df[df.domain == dom]
         for (lvl, metric), v in d.groupby(["level", "metric"], sort=False)["value"].mean().items():
             out.append((dom, lvl, metric, v))
@@ -150,6 +224,9 @@ class QualityReport:
         tab = g["value"].agg(value="mean", sd="std", k="count").reset_index()
         for c in extra:
             tab = tab.merge(g[c].mean().rename(c).reset_index(), on=["dataset", *keys], how="left")
+        for c in ("informative", "note"):
+            if c in rep.columns:
+                tab = tab.merge(g[c].first().rename(c).reset_index(), on=["dataset", *keys], how="left")
         if not boot.empty:
             tab = _normal_interval(tab, boot, ["dataset", *keys])
         else:
@@ -163,6 +240,10 @@ class QualityReport:
             tab = tab.merge(rb, on=keys, how="left")
             reft = rb.assign(dataset=REFERENCE, value=rb["reference"], lo=rb["ref_lo"], hi=rb["ref_hi"],
                              k=ref.groupby(keys, sort=False, dropna=False).size().to_numpy())
+            for c in ("informative", "note"):
+                if c in ref.columns:
+                    reft = reft.merge(ref.groupby(keys, sort=False, dropna=False)[c].first().rename(c).reset_index(),
+                                      on=keys, how="left")
             tab = pd.concat([tab, reft], ignore_index=True)
         else:
             tab["reference"] = tab["ref_lo"] = tab["ref_hi"] = np.nan
@@ -193,7 +274,7 @@ class QualityReport:
         ref = per(self.reference_rows, ["replicate"])
         if not ref.empty:
             out = out.merge(band(ref, keys), on=keys, how="left")
-        scored = out.domain.isin(["within-table", "between-table", "ML efficacy"])
+        scored = out.domain.isin(["within-table", "between-table", "ML efficacy"]) & ~out["item"].str.endswith(BY_CONSTRUCTION)
         out["label"] = np.where(scored, out["value"].map(label), "")
         if "reference" in out:
             out["reference label"] = np.where(scored, out["reference"].map(label), "")
@@ -250,7 +331,9 @@ class QualityReport:
                  "<p>Scores range from 0 to 1 (1 = the synthetic data reproduce the real data), except privacy distances "
                  "and the seed-001 distances. <b>reference</b> = the same metric computed between two halves of the real "
                  "schools (what a perfect generator reaches at this sample size); lo/hi = bootstrap interval over "
-                 "schools. Labels follow Table 1 of Suk et al.</p>",
+                 "schools. Labels follow Table 1 of Suk et al. A score above the band is not better: a copy of the "
+                 "real data scores above it on fidelity and below it on authenticity, detection score, DCR share "
+                 "closer to hold-out and SDIS. Items marked '1 by construction' enter no average.</p>",
                  f"<p>Settings: {html.escape(str(self.settings))}</p>",
                  "<h2>Summary (Table S2)</h2>", self.summary().to_html(index=False, float_format="%.3f")]
         for name, fig in self.figures().items():
@@ -287,6 +370,12 @@ PROFILE_SETTINGS = {
     "default": dict(n_synthetic=5, reference_splits=5, bootstrap=20, efficacy="fast", efficacy_reference_splits=2),
     "paper": dict(n_synthetic=10, reference_splits=10, bootstrap=200, efficacy="full", efficacy_reference_splits=5),
 }
+#: Settings of the hold-out (Stage 2 trains a second copy of each generator without a share of the real schools,
+#: for the privacy and OOD metrics): ``holdout_share`` (0 = no hold-out) and ``holdout_training``
+#: (``same``: the study's generator settings; ``quick``: the quick profile's, cheaper but a different model).
+HOLDOUT_SETTINGS = dict(holdout_share=0.2, holdout_training="same")
+for _p in PROFILE_SETTINGS.values():
+    _p.update(HOLDOUT_SETTINGS)
 
 
 def default_settings(profile: str, overrides: Mapping | None = None) -> dict:
@@ -301,8 +390,9 @@ def default_settings(profile: str, overrides: Mapping | None = None) -> dict:
 
 
 def evaluate_settings(settings: Mapping) -> dict:
-    """The keyword arguments of :func:`evaluate` among ``settings`` (drops ``n_synthetic``)."""
-    return {k: v for k, v in settings.items() if k != "n_synthetic"}
+    """The keyword arguments of :func:`evaluate` among ``settings`` (drops ``n_synthetic`` and the hold-out
+    settings, which Stage 2 uses)."""
+    return {k: v for k, v in settings.items() if k != "n_synthetic" and k not in HOLDOUT_SETTINGS}
 
 
 def _as_dict(synthetic) -> dict[str, list[MultilevelData]]:
@@ -324,7 +414,8 @@ def _as_dict(synthetic) -> dict[str, list[MultilevelData]]:
 
 def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5, bootstrap: int = 0,
              efficacy: bool | str = "fast", efficacy_reference_splits: int | None = None, privacy: bool = True,
-             seed001: bool = True, holdout: MultilevelData | None = None, targets=None, seed: int = 0,
+             seed001: bool = True, holdout: MultilevelData | None = None, holdout_synthetic=None,
+             by_construction: Mapping | None = None, targets=None, seed: int = 0,
              efficacy_engine: str | None = None) -> QualityReport:
     """Evaluate synthetic multilevel data against the real data (Stage 3).
 
@@ -339,7 +430,18 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
         (5 folds as in the paper).
     efficacy_reference_splits : reference splits that also get ML efficacy (default ``min(3, reference_splits)``).
     privacy, seed001 : compute those domains.
-    holdout : real data *not* used to train the generator (for the DCR share closer to training).
+    holdout : real schools held out from the training of the generators of ``holdout_synthetic`` (may be part
+        of ``real``: the training part is ``real`` without the hold-out's top-level ids).
+    holdout_synthetic : dict name -> list of data sets sampled from the same generator as ``synthetic[name]``
+        but trained on the training part only. For those names the privacy and seed-001 rows (DCR share
+        closer to hold-out, TSTR AUROC (OOD), SDIS, authenticity, ...) come from these data sets, scored against
+        the training part with ``holdout`` as the unseen schools; the fidelity, validity and efficacy rows
+        come from ``synthetic[name]``. Names without hold-out data get no DCR share (NaN) and an OOD term
+        computed on the rows the generator saw, under the metric names ``TSTR AUROC (training rows)`` and
+        ``SDIS (no hold-out)``. The reference splits mirror the hold-out (see :func:`reference_pair`).
+    by_construction : dict name -> ``{metric or "metric@level": reason}``: metrics that are 1 by construction
+        for that data set (e.g. a generator that copies real school sizes); marked ``informative = False`` in
+        the table and kept out of the domain averages. :data:`ALWAYS_BY_CONSTRUCTION` applies to all.
     targets : restrict ML efficacy to these variables.
     efficacy_engine : mixed-model engine, ``"mlsimkit.lmm"`` or ``"builtin"`` (closed-form random-intercept
         REML); default: ``mlsimkit.lmm`` when importable.
@@ -353,6 +455,25 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
             if not s.schema.same_structure(real.schema):
                 raise MlsimkitError(f"synthetic[{name!r}][{i}]: its schema differs from the real data's schema "
                                     f"'{real.schema.name}'")
+    held = _as_dict(holdout_synthetic)
+    if held and holdout is None:
+        raise MlsimkitError("holdout_synthetic: given without 'holdout' (the real schools those generators never saw)")
+    for name, lst in held.items():
+        if name not in syn:
+            raise MlsimkitError(f"holdout_synthetic[{name!r}]: no synthetic data set of that name (names: {list(syn)})")
+        for i, s in enumerate(lst):
+            if not s.schema.same_structure(real.schema):
+                raise MlsimkitError(f"holdout_synthetic[{name!r}][{i}]: its schema differs from the real data's schema "
+                                    f"'{real.schema.name}'")
+    train_part = n_hold = None
+    if holdout is not None:
+        if not isinstance(holdout, MultilevelData) or not holdout.schema.same_structure(real.schema):
+            raise MlsimkitError("holdout: expected a MultilevelData with the real data's schema")
+        top = real.schema.top
+        pk = real.schema.tables[top].primary_key[0]
+        held_ids = set(holdout[top][pk].astype(str))
+        train_part = real.subset([i for i in real[top][pk].astype(str) if i not in held_ids])
+        n_hold = holdout.n_clusters
     eff_ref = min(3, reference_splits) if efficacy_reference_splits is None else efficacy_reference_splits
     ss = np.random.SeedSequence(seed)
     s_syn, s_ref, s_boot = ss.spawn(3)
@@ -364,8 +485,15 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
         rows = []
         for name, lst in syn.items():
             for i, s in enumerate(lst):
-                r = score_pair(real, s, efficacy=False, privacy=privacy, seed001=seed001, seed=seed + i,
-                               real_iccs=real_iccs, holdout=holdout)
+                h = held.get(name)
+                r = score_pair(real, s, efficacy=False, privacy=privacy and not h, seed001=seed001 and not h,
+                               seed=seed + i, real_iccs=real_iccs)
+                if h:
+                    hs = h[i % len(h)]
+                    if privacy:
+                        r += privacy_rows(train_part, hs, holdout=holdout, rng=np.random.default_rng(seed + i))
+                    if seed001:
+                        r += seed001_rows(train_part, hs, holdout=holdout, seed=seed + i)
                 rows += [dict(x, dataset=name, replicate=i) for x in r]
         timings["synthetic (no efficacy)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -382,7 +510,7 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
         for j, child in enumerate(s_ref.spawn(reference_splits)):
             rng = np.random.default_rng(child)
             a, b = split_halves(real, rng)
-            r = score_pair(a, b, privacy=privacy, seed001=seed001, seed=seed + j)
+            r = reference_pair(a, b, n_hold if held else 0, privacy=privacy, seed001=seed001, seed=seed + j)
             if efficacy and j < eff_ref:
                 te = time.perf_counter()
                 r += efficacy_rows(a, b, mode="full" if efficacy is True else efficacy, seed=seed, targets=targets,
@@ -407,7 +535,11 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
     for df in (rep, ref, boot):
         if "k" in df.columns:
             df.drop(columns="k", inplace=True)
+    rep, ref = mark_by_construction(rep, by_construction), mark_by_construction(ref, by_construction)
+    boot = mark_by_construction(boot, by_construction)
     settings = dict(reference_splits=reference_splits, bootstrap=bootstrap, efficacy=efficacy,
                     efficacy_reference_splits=eff_ref if efficacy else 0, seed=seed,
-                    datasets={k: len(v) for k, v in syn.items()})
+                    datasets={k: len(v) for k, v in syn.items()},
+                    holdout_schools=0 if holdout is None else n_hold,
+                    holdout_datasets={k: len(v) for k, v in held.items()})
     return QualityReport(rep, ref, boot, real, syn, settings, timings)

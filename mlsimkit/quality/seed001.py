@@ -20,11 +20,22 @@ quality                    mean of alpha-precision, beta-recall and authenticity
 detection AUC              out-of-fold AUROC of a gradient-boosted classifier telling real from
                            synthetic rows (3 folds **grouped by school**: rows of one school share its
                            variables, so row-wise folds would let the classifier recognise schools and
-                           flag even real-vs-real as detectable); 0.5 ideal
-TSTR AUROC (OOD)           AUROC on the real data of a classifier trained on synthetic data, averaged over
-                           the binary columns as targets (other columns as predictors)
-SDIS                       ``quality + OOD AUROC + (1 - detection)`` (seed-001); higher is better, the
-                           reference band shows what real-vs-real reaches
+                           flag even real-vs-real as detectable). A synthetic row that **duplicates a
+                           real row** (all values equal) is counted as detected (scored above every
+                           classifier output): a copy must not pass as "indistinguishable". 0.5 ideal
+detection score            ``1 - 2|AUC - 0.5|``, two-sided: an AUC *below* 0.5 (the classifier, trained
+                           on folds that hold copies of the test rows under the other label, is
+                           systematically wrong) is as suspicious as one above; 1 ideal
+TSTR AUROC (OOD)           AUROC on **real hold-out schools the generator never saw** of a classifier
+                           trained on synthetic data, averaged over the binary columns as targets (other
+                           columns as predictors). Without a hold-out it is computed on the real rows the
+                           generator was trained on and named ``TSTR AUROC (training rows)``: not
+                           out-of-distribution, and a copy of the training data scores high on it
+SDIS                       ``quality + OOD AUROC + detection score`` (seed-001's sum, with the two-sided
+                           detection score in place of ``1 - AUC``); named ``SDIS (no hold-out)`` when its
+                           OOD term comes from the training rows; higher is better, at most 3, and a copy
+                           of the real data scores *below* the real-vs-real band (its authenticity and
+                           detection score are 0)
 =========================  ===========================================================================
 """
 
@@ -105,8 +116,17 @@ def _design(frame: pd.DataFrame, kinds: dict) -> np.ndarray:
     return np.column_stack(cols)
 
 
+def duplicate_mask(jr: pd.DataFrame, js: pd.DataFrame, kinds: dict) -> np.ndarray:
+    """Per synthetic row: does it duplicate a real row on every data column (floats to 10 significant digits)?"""
+    from .privacy import _row_hashes
+
+    cols = list(kinds)
+    return np.isin(_row_hashes(js, cols), _row_hashes(jr, cols))
+
+
 def detection_auc(jr: pd.DataFrame, js: pd.DataFrame, kinds: dict, groups_r, groups_s, seed: int = 0, folds: int = 3) -> float:
-    """Out-of-fold AUROC of real-vs-synthetic classification, folds grouped by school."""
+    """Out-of-fold AUROC of real-vs-synthetic classification, folds grouped by school; synthetic rows that
+    duplicate a real row are counted as detected (scored 2, above every predicted probability)."""
     X = np.vstack([_design(jr, kinds), _design(js, kinds)])
     y = np.r_[np.zeros(len(jr)), np.ones(len(js))]
     g = np.r_[np.char.add("r:", np.asarray(groups_r, dtype=str)), np.char.add("s:", np.asarray(groups_s, dtype=str))]
@@ -115,11 +135,18 @@ def detection_auc(jr: pd.DataFrame, js: pd.DataFrame, kinds: dict, groups_r, gro
     for tr, te in GroupKFold(n_splits=folds).split(X, y, g):
         m = _clf(seed).set_params(categorical_features=cat_mask if cat_mask.any() else None).fit(X[tr], y[tr])
         pred[te] = m.predict_proba(X[te])[:, 1]
+    pred[len(jr):][duplicate_mask(jr, js, kinds)] = 2.0
     return float(roc_auc_score(y, pred))
 
 
+def detection_score(auc: float) -> float:
+    """Two-sided detection score ``1 - 2|AUC - 0.5|``: 1 when the classifier is at chance, 0 at AUC 0 or 1."""
+    return float(1.0 - 2.0 * abs(auc - 0.5))
+
+
 def tstr_auroc(jr: pd.DataFrame, js: pd.DataFrame, kinds: dict, seed: int = 0) -> float:
-    """Mean AUROC on real of classifiers trained on synthetic, one per binary column (macro over targets)."""
+    """Mean AUROC on the real rows ``jr`` (hold-out schools, for the OOD score) of classifiers trained on the
+    synthetic rows ``js``, one per binary column (macro over targets)."""
     targets = [c for c, k in kinds.items() if k == "binary"]
     if not targets:
         return float("nan")
@@ -139,7 +166,10 @@ def tstr_auroc(jr: pd.DataFrame, js: pd.DataFrame, kinds: dict, seed: int = 0) -
     return float(np.mean(out))
 
 
-def seed001_rows(real: MultilevelData, syn: MultilevelData, *, seed: int = 0) -> list[dict]:
+def seed001_rows(real: MultilevelData, syn: MultilevelData, *, holdout: MultilevelData | None = None,
+                 seed: int = 0) -> list[dict]:
+    """The seed-001 rows of one pair. ``real`` is the data the generator was trained on, ``holdout`` real
+    schools it never saw (the test set of the OOD score; see the module docstring for what changes without)."""
     rng = np.random.default_rng(seed)
     kinds = all_kinds(real)
     jr, js = real.join_as_one(), syn.join_as_one()
@@ -150,9 +180,15 @@ def seed001_rows(real: MultilevelData, syn: MultilevelData, *, seed: int = 0) ->
     quality = (a + b + auth) / 3
     key = real.cluster_key
     det = detection_auc(jr, js, kinds, jr[key], js[key], seed=seed)
-    ood = tstr_auroc(jr, js, kinds, seed=seed)
-    sdis = quality + ood + (1 - det)
+    if holdout is not None:
+        ood = tstr_auroc(holdout.join_as_one(), js, kinds, seed=seed)
+        ood_name, sdis_name = "TSTR AUROC (OOD)", "SDIS"
+    else:
+        ood = tstr_auroc(jr, js, kinds, seed=seed)
+        ood_name, sdis_name = "TSTR AUROC (training rows)", "SDIS (no hold-out)"
+    sdis = quality + ood + detection_score(det)
     vals = {"Wasserstein distance": wd, "Jensen-Shannon distance": jsd, "alpha-precision": a, "beta-recall": b,
-            "authenticity": auth, "quality (seed-001)": quality, "detection AUC": det, "TSTR AUROC (OOD)": ood, "SDIS": sdis}
+            "authenticity": auth, "quality (seed-001)": quality, "detection AUC": det,
+            "detection score": detection_score(det), ood_name: ood, sdis_name: sdis}
     return [dict(metric=m, value=v, domain="seed-001", subdomain="seed-001", level="joined", variables="all")
             for m, v in vals.items()]

@@ -162,3 +162,21 @@ def within_table(real: pd.DataFrame, syn: pd.DataFrame, kinds: dict, table: str,
     for r in rows:
         r.update(domain="within-table", level=table)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ validity
+def out_of_range_share(real, syn) -> float:
+    """Share of synthetic values outside ``[min, max]`` of the real column (0 ideal; a validity check, not a
+    similarity: e.g. a recomposed ``deviation + school mean`` can leave the range of either part)."""
+    r = np.asarray(real, dtype=float)
+    s = np.asarray(syn, dtype=float)
+    if s.size == 0:
+        return float("nan")
+    return float(np.mean((s < np.nanmin(r)) | (s > np.nanmax(r))))
+
+
+def range_rows(real: pd.DataFrame, syn: pd.DataFrame, kinds: dict[str, str], table: str) -> list[dict]:
+    """``share outside the real range`` per numerical column of one table (domain ``validity``)."""
+    return [dict(metric="share outside the real range", variables=c, level=table, domain="validity", subdomain="range",
+                 value=out_of_range_share(real[c], syn[c]))
+            for c, k in kinds.items() if k == "numerical"]
