@@ -135,6 +135,25 @@ def test_pickle_member_in_an_unsigned_file_is_refused_and_runs_nothing(boot, tmp
     assert target.exists()
 
 
+def test_pickle_hidden_in_an_array_member_is_refused_and_runs_nothing(boot, tmp_path):
+    """A crafted file that puts its payload under arrays/ (so no member looks pickled, no trust is asked)
+    and points a state record at it, with every hash recomputed, must not unpickle anything."""
+    target = tmp_path / "pwned"
+    src = boot.save(tmp_path / "boot.zip")
+
+    def add(members):
+        members["arrays/09999.npy"] = pickle.dumps(Exploit(target))
+        state = json.loads(members["state.json"])
+        state["state"]["__dict__"].append(["payload", {"__pickle__": "arrays/09999.npy"}])
+        members["state.json"] = json.dumps(state).encode()
+
+    evil = _rewrite(src, tmp_path / "hidden.zip", members_edit=add)
+    for trust in (False, True):
+        with pytest.raises(FormatVersionError, match=r"hidden\.zip'.*pickled record .*arrays/09999\.npy"):
+            load(evil, trust=trust)
+    assert not target.exists()
+
+
 # ---------------------------------------------------------------------------- one clear error per bad file
 def test_truncated_file(boot, tmp_path):
     data = boot.save(tmp_path / "boot.zip").read_bytes()

@@ -281,8 +281,10 @@ def _state(obj) -> dict:
 
 
 class _Decoder:
-    def __init__(self, blobs: dict[str, bytes], path: Path):
-        self.blobs, self.path = blobs, path
+    def __init__(self, blobs: dict[str, bytes], path: Path, *, allow_pickle: bool = False):
+        # allow_pickle: set by read() only after the trust / signature check of a file with pickle/ members;
+        # a __pickle__ record is then honoured only for a member under pickle/ (never an array member)
+        self.blobs, self.path, self.allow_pickle = blobs, path, allow_pickle
 
     def _member(self, member: str) -> bytes:
         if member not in self.blobs:
@@ -396,7 +398,10 @@ class _Decoder:
 
             return torch.from_numpy(self._array(x[tag]))
         if tag == "__pickle__":
-            return pickle.loads(self._member(x[tag]))  # reached only for a trusted file (checked in read())
+            member = x[tag]
+            if not (self.allow_pickle and isinstance(member, str) and member.startswith("pickle/")):
+                raise self.bad(f"a pickled record ({member!r}) outside a trusted file's pickle/ members")
+            return pickle.loads(self._member(member))
         raise self.bad(f"unknown record {tag!r}")
 
 
@@ -621,7 +626,7 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
             if digest != entries[m]:
                 raise FormatVersionError(f"file '{path}': content hash mismatch in member {m} (modified or "
                                          "damaged); retrain or copy it again")
-    dec = _Decoder(blobs, path)
+    dec = _Decoder(blobs, path, allow_pickle=pickled)  # pickled and untrusted was refused above
     try:
         state = json.loads(blobs[_STATE])
     except (KeyError, ValueError):
