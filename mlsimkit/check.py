@@ -32,7 +32,7 @@ from .errors import MlsimkitError, ParamsError
 
 TOP_KEYS = ("study", "title", "dataset", "schema", "objective", "stages", "model", "common", "profiles",
             "description")
-PARAM_KEYS = ("seed", "generators", "quality", "simulation", "traditional", "ablation")
+PARAM_KEYS = ("seed", "generators", "quality", "simulation", "traditional", "ablation", "trust_model_files")
 SIMULATION_KEYS = ("generator", "sources", "n_schools", "reps", "backend", "n_jobs", "failure_policy",
                    "max_fail_rate")
 ABLATION_KEYS = ("generator", "scenarios", "n_schools", "reps", "quality")
@@ -208,6 +208,8 @@ def _check_params(p: dict, profile: str, stages, objective, schema, model, out: 
     if not _int(p.get("seed"), 0):
         out.add("common.seed", f"expected a non-negative integer seed (under 'common' or the profile), got "
                                f"{p.get('seed')!r}", profile)
+    if not isinstance(p.get("trust_model_files", False), bool):
+        out.add("common.trust_model_files", f"expected true or false, got {p['trust_model_files']!r}", profile)
     gens = p.get("generators")
     if not isinstance(gens, dict) or not gens:
         out.add("common.generators", f"expected a mapping of generator names to settings, got {gens!r}", profile)
@@ -281,6 +283,10 @@ def _check_quality(q: Any, profile: str, out: _Collector) -> None:
             out.add(f"quality.{k}", f"expected an integer >= 0, got {v!r}", profile)
         elif k == "efficacy" and v not in (False, True, "fast", "full"):
             out.add(f"quality.{k}", f"expected false, 'fast' or 'full', got {v!r}", profile)
+        elif k == "holdout_share" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
+            out.add(f"quality.{k}", f"expected a share of the schools in [0, 1), got {v!r}", profile)
+        elif k == "holdout_training" and v not in ("same", "quick"):
+            out.add(f"quality.{k}", f"expected 'same' or 'quick', got {v!r}", profile)
 
 
 def _check_simulation(sim: Any, gens: dict, objective, schema, model, profile: str, out: _Collector) -> None:

@@ -70,12 +70,16 @@ def choice_sentence(choice: Mapping) -> str:
     return text + f" (mean of the headline scores {best:.3f}" + (f"; {', '.join(others)})." if others else ").")
 
 
-def metric_matrix(summary: pd.DataFrame, domains, digits: int = 3):
+def metric_matrix(summary: pd.DataFrame, domains, digits: int = 3, items=None):
     """Stage 3's summary (:meth:`mlsimkit.quality.QualityReport.summary`, one row per data set and item) as
     one row per metric and one column per data set, with the real-vs-real reference and its band first:
     the comparison a reader makes, in a table that fits the page. ▼ / ▲ mark a score below / above the band
-    (a position, not a verdict: for a distance or a detection AUC below the band is the good side)."""
+    (a position, not a verdict: for a distance or a detection AUC below the band is the good side).
+    ``items``: only these metrics, in this order (those the summary lacks are left out)."""
     rows = summary[summary["domain"].isin(list(domains))]
+    if items is not None:
+        order = {name: i for i, name in enumerate(items)}
+        rows = rows[rows["item"].isin(order)].sort_values("item", key=lambda c: c.map(order), kind="stable")
     keys = ["domain", "level", "item"]
     order = list(dict.fromkeys(rows["dataset"]))
     ref = rows.drop_duplicates(keys).set_index(keys)

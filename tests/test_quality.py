@@ -6,6 +6,7 @@ import pytest
 
 import mlsimkit.datasets as ds
 from mlsimkit.data import MultilevelData
+from mlsimkit.errors import MlsimkitError
 from mlsimkit.quality import between, evaluate, holdout_split, label, privacy, shuffled_schools, within
 from mlsimkit.quality._common import resample_schools, split_halves, take_units
 from mlsimkit.quality.efficacy import RandomInterceptLM
@@ -308,3 +309,9 @@ def test_dcr_diagnosis_names_the_copied_level(hsb):
     assert d["DCR share closer to hold-out (students)"] > 0.9
     v = privacy.dcr_verdict(d, 0.9)
     assert v.startswith("Memorisation") and "copying is in the schools (0.00) table" in v and "students (" in v
+
+
+def test_a_hold_out_without_its_generators_data_is_refused(hsb):
+    train, hold = holdout_split(hsb, 0.2, np.random.default_rng(5))
+    with pytest.raises(MlsimkitError, match="holdout: given without 'holdout_synthetic'"):
+        evaluate(hsb, {"x": [shuffled_schools(train, seed=1)]}, holdout=hold, reference_splits=1, efficacy=False)

@@ -65,3 +65,12 @@ def test_results_sentence_and_failure_messages():
     t = tables.failure_messages(res).data
     assert t.to_dict("records") == [{"source": "a", "method": "m", "status": "failed", "message": "singular", "fits": 2}]
     assert tables.failure_messages(res[res.status == "ok"]).data.iloc[0, 0] == "all 2 fits ok"
+
+
+def test_metric_matrix_keeps_the_items_asked_for_in_their_order():
+    import pandas as pd
+
+    rows = [dict(dataset="gen", domain="seed-001", level="joined", item=i, value=0.5, reference=0.5, ref_lo=0.4,
+                 ref_hi=0.6) for i in ("SDIS", "authenticity", "beta-recall")]
+    t = tables.metric_matrix(pd.DataFrame(rows), ["seed-001"], items=["authenticity", "absent", "SDIS"]).data
+    assert list(t["item"]) == ["authenticity", "SDIS"]

@@ -458,6 +458,9 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
     held = _as_dict(holdout_synthetic)
     if held and holdout is None:
         raise MlsimkitError("holdout_synthetic: given without 'holdout' (the real schools those generators never saw)")
+    if holdout is not None and not held:
+        raise MlsimkitError("holdout: given without 'holdout_synthetic' (data sets of generators trained without "
+                            "those schools); the hold-out metrics need both")
     for name, lst in held.items():
         if name not in syn:
             raise MlsimkitError(f"holdout_synthetic[{name!r}]: no synthetic data set of that name (names: {list(syn)})")
