@@ -57,6 +57,13 @@ TRADITIONAL_RECOVERY = RecoverySpec(
 _SPECS = {"traditional": (TRADITIONAL_PREDICTION, TRADITIONAL_RECOVERY)}
 
 
+def _optional_factor(condition, name: str, default):
+    """A factor of the condition, else ``default``, which (unlike :func:`condition_value`) may be None."""
+    marker = object()
+    value = condition_value(condition, name, marker)
+    return default if value is marker else value
+
+
 def condition_value(condition, name: str, default=None):
     """A factor of a condition, whether it is a mapping, a pandas Series or an object with attributes."""
     if isinstance(condition, (Mapping, pd.Series)):
@@ -118,13 +125,14 @@ def generate_synthetic(condition, rng, *, generator=None, generator_path=None, m
     return PredictionTask(data, M.choose_holdout(data, rng, min_cluster_size=min_cluster_size))
 
 
-def generate_traditional_prediction(condition, rng, *, n_per_school: int = 25, icc: float = 0.2, sigma2: float = 0.5,
+def generate_traditional_prediction(condition, rng, *, n_per_school: int = 25, icc: float | None = None, sigma2: float = 0.5,
                                     r: float = 0.25, gamma=(1.0, 1.0, 1.0, 1.0), tau00=None, tau11=None,
                                     extra_holdout: bool = False) -> PredictionTask:
     """The Afshartous & de Leeuw design (:class:`~mlsimkit.traditional.AfshartousDeLeeuw`); ``icc``,
     ``n_per_school``, ``sigma2`` and ``r`` may also be factors of the condition (the condition wins)."""
     get = lambda k, d: condition_value(condition, k, d)  # noqa: E731
-    dgp = AfshartousDeLeeuw(int(get("n_per_school", n_per_school)), float(get("icc", icc)),
+    icc = _optional_factor(condition, "icc", icc)  # None: the design gives tau00 instead
+    dgp = AfshartousDeLeeuw(int(get("n_per_school", n_per_school)), None if icc is None else float(icc),
                             float(get("sigma2", sigma2)), float(get("r", r)), gamma, tau00=tau00, tau11=tau11,
                             extra_holdout=extra_holdout)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng

@@ -121,8 +121,8 @@ class AfshartousDeLeeuw(Generator):
     ----------
     n_per_school : int
         Students per school (balanced), default 25.
-    icc : float
-        ``tau00 / (tau00 + sigma2)``, default 0.2.
+    icc : float or None
+        ``tau00 / (tau00 + sigma2)``; default 0.2 unless ``tau00`` is given (giving both is an error).
     sigma2 : float
         Level-1 variance, default 0.5 (JEBS text); 0.25 reproduces the companion paper.
     r : float
@@ -139,15 +139,17 @@ class AfshartousDeLeeuw(Generator):
 
     name = "afshartous-deleeuw"
 
-    def __init__(self, n_per_school: int = 25, icc: float | None = 0.2, sigma2: float = 0.5, r: float = 0.25,
+    def __init__(self, n_per_school: int = 25, icc: float | None = None, sigma2: float = 0.5, r: float = 0.25,
                  gamma: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0), *, tau00: float | None = None,
                  tau11: float | None = None, extra_holdout: bool = False):
         if tau00 is not None:
+            if icc is not None:
+                raise MlsimkitError(f"parameters 'icc' ({icc!r}) and 'tau00' ({tau00!r}): give one of them, not both "
+                                    "(tau00 = icc * sigma2 / (1 - icc))")
             if not tau00 >= 0:
                 raise MlsimkitError(f"parameter 'tau00': expected a variance >= 0, got {tau00!r}")
-            icc = None
         elif icc is None:
-            raise MlsimkitError("parameters 'icc', 'tau00': give one of them")
+            icc = 0.2
         if tau11 is not None and not tau11 >= 0:
             raise MlsimkitError(f"parameter 'tau11': expected a variance >= 0, got {tau11!r}")
         if not isinstance(extra_holdout, bool):

@@ -93,6 +93,8 @@ CASES = [  # (id, study, edit, key of the one problem, words of the message)
      "quality.holdout_training", "'same' or 'quick'"),
     ("trust flag not boolean", P, _set("common", "trust_model_files", value="yes"), "common.trust_model_files",
      "true or false"),
+    ("both icc and tau00", P, _set("common", "traditional", "tau00", value=0.125), "traditional",
+     "give one of them, not both"),
     ("traditional design out of range", P, _set("common", "traditional", "icc", value=1.5), "traditional", "icc"),
     ("unknown ablation setting", P, _set("common", "ablation", "scenarios", "x", value={"n_grops": 3}),
      "ablation.scenarios.x.n_grops", "unknown setting"),

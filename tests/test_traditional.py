@@ -153,3 +153,10 @@ def test_afshartous_extra_holdout_generates_n_plus_one_and_fits_on_n():
     assert (sizes == 26).all() and len(task.holdout) == 6
     plain = D.generate_traditional_prediction({"n_schools": 6}, np.random.default_rng(0), n_per_school=25)
     assert (plain.data.child.groupby("School").size() == 25).all()  # negative control
+
+
+def test_icc_or_tau00_never_both():
+    assert AfshartousDeLeeuw(tau00=0.125, sigma2=0.5).tau00 == 0.125
+    assert AfshartousDeLeeuw(sigma2=0.5).tau00 == pytest.approx(0.125)  # icc 0.2 by default
+    with pytest.raises(MlsimkitError, match=r"'icc' \(0.2\) and 'tau00' \(0.125\): give one of them, not both"):
+        AfshartousDeLeeuw(icc=0.2, tau00=0.125)
