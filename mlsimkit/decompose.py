@@ -195,17 +195,13 @@ def range_bounds(info: DecompositionInfo, col: str) -> tuple[float, float]:
 def out_of_range_share(data: MultilevelData, info: DecompositionInfo, *, recenter: bool = True) -> dict:
     """Per decomposed variable: the share of recomposed values outside :func:`range_bounds` *before* clipping
     (values beyond a bound by less than 1e-9 of the range, floating-point rounding, count as inside)."""
-    raw = recompose(data, info, recenter=recenter, clip=False)
-    out = {}
-    for col in info.columns:
-        lo, hi = range_bounds(info, col)
-        x = raw[info.child][col].to_numpy(dtype=float)
-        tol = 1e-9 * (hi - lo) if np.isfinite(hi - lo) else 0.0  # floating-point rounding of exact sums
-        out[col] = float(np.mean((x < lo - tol) | (x > hi + tol))) if x.size else float("nan")
-    return out
+    shares: dict = {}
+    recompose(data, info, recenter=recenter, out_of_range=shares)
+    return shares
 
 
-def recompose(data: MultilevelData, info: DecompositionInfo, *, recenter: bool = True, clip: bool = True) -> MultilevelData:
+def recompose(data: MultilevelData, info: DecompositionInfo, *, recenter: bool = True, clip: bool = True,
+              out_of_range: dict | None = None) -> MultilevelData:
     """Undo :func:`decompose`: ``x = deviation + school mean``, back in the original schema.
 
     Parameters
@@ -219,7 +215,10 @@ def recompose(data: MultilevelData, info: DecompositionInfo, *, recenter: bool =
         the ``<x>_mean`` column. Real deviations already average to zero, so this changes real data only
         by rounding error.
     clip : bool
-        Keep values inside :func:`range_bounds` (default); ``False`` only for measuring how many leave it.
+        Keep values inside :func:`range_bounds` (default).
+    out_of_range : dict, optional
+        Filled with each variable's share of values outside the bounds before clipping
+        (:func:`out_of_range_share`), measured in the same pass.
     """
     schema = info.schema
     fk = schema.tables[info.child].foreign_key
@@ -238,8 +237,13 @@ def recompose(data: MultilevelData, info: DecompositionInfo, *, recenter: bool =
                 dev = dev - (np.bincount(codes, weights=dev, minlength=len(uniq)) / n)[codes]
             x = dev + parent[mname].to_numpy(dtype=float)[ppos][codes]
             c = schema.tables[info.child].columns[col]
+            lo, hi = range_bounds(info, col)
+            if out_of_range is not None:
+                xr = np.round(x) if c.integer else x
+                tol = 1e-9 * (hi - lo) if np.isfinite(hi - lo) else 0.0  # floating-point rounding of exact sums
+                out_of_range[col] = float(np.mean((xr < lo - tol) | (xr > hi + tol))) if x.size else float("nan")
             if clip:
-                x = np.clip(x, *range_bounds(info, col))
+                x = np.clip(x, lo, hi)
             if c.integer:
                 x = np.round(x)
             child[col] = x

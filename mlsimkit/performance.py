@@ -428,7 +428,7 @@ PER_REPLICATION = {
 
 
 def per_replication(results: pd.DataFrame, truth: Any = None, by: Sequence[str] | None = None,
-                    measure: str = "pmse", usable: Iterable[str] = ("ok", "warning")) -> pd.DataFrame:
+                    measure: str = "pmse", usable: Iterable[str] = ("ok", "warning", "singular")) -> pd.DataFrame:
     """The per-replication contributions of a measure that is a mean over replications.
 
     ``pmse``, ``bias``, ``rel_bias`` and ``coverage`` (:data:`PER_REPLICATION`) are means of one number per

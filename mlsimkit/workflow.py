@@ -524,8 +524,10 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         gen = train_one(study, train_data, f"ablation {scen}", settings, log=log)
         path = gen.save(model_file(study, "6-robustness", scen))
         cands = candidates({scen: gen}, data.n_clusters, int(q.get("candidates", 3)), int(study["seed"]))
+        by_con = ({scen: gen.metrics_by_construction(data.n_clusters)}
+                  if hasattr(gen, "metrics_by_construction") else None)  # as in Stage 3: not averaged
         rep = quality.evaluate(data, cands, reference_splits=0, efficacy=q.get("efficacy", "fast"),
-                               privacy=False, seed001=False, seed=int(study["seed"]))
+                               privacy=False, seed001=False, by_construction=by_con, seed=int(study["seed"]))
         qs = rep.summary()
         iccs = rep.table[rep.table["metric"].eq("ICC similarity")]
         qs = pd.concat([qs, pd.DataFrame({

@@ -442,6 +442,6 @@ class ClavaDDPMGenerator(Generator):
         out = MultilevelData(schema, {pname: pframe, cname: cframe}, validate=False)
         if self.decomposition_ is not None:
             # share of recomposed values that left the range before recompose() clipped them (Stage 3 reports it)
-            self.last_out_of_range_ = _dec.out_of_range_share(out, self.decomposition_)
-            out = _dec.recompose(out, self.decomposition_, recenter=True)
+            self.last_out_of_range_ = {}
+            out = _dec.recompose(out, self.decomposition_, recenter=True, out_of_range=self.last_out_of_range_)
         return out

@@ -76,10 +76,8 @@ def _nn(train: np.ndarray, query: np.ndarray, k: int = 1) -> np.ndarray:
     return nn.kneighbors(query, return_distance=True)[0]
 
 
-def privacy_rows(real: MultilevelData, syn: MultilevelData, *, holdout: MultilevelData | None = None,
-                 rng: np.random.Generator | None = None) -> list[dict]:
-    """All generalization and privacy rows."""
-    rng = rng or np.random.default_rng(0)
+def privacy_rows(real: MultilevelData, syn: MultilevelData, *, holdout: MultilevelData | None = None) -> list[dict]:
+    """All generalization and privacy rows (deterministic: nearest-neighbour distances)."""
     schema = real.schema
     rows = []
     for table in schema.levels:
@@ -106,7 +104,7 @@ def privacy_rows(real: MultilevelData, syn: MultilevelData, *, holdout: Multilev
 
 
 def dcr_holdout_share(train: MultilevelData, syn: MultilevelData, holdout: MultilevelData, *,
-                      return_distances: bool = False, **_):
+                      return_distances: bool = False):
     """``0.5 × (share of synthetic rows closer to a hold-out row than to any training row) / h``, ``h`` the
     hold-out's share of the real rows; ties count 1/2.
 

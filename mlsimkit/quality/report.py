@@ -68,7 +68,7 @@ def score_pair(real: MultilevelData, syn: MultilevelData, *, efficacy=False, pri
     ``holdout``: real schools it never saw (for the DCR share closer to hold-out and the OOD score)."""
     rows = fidelity_rows(real, syn, real_iccs=real_iccs) + validity_rows(real, syn)
     if privacy:
-        rows += privacy_rows(real, syn, holdout=holdout, rng=np.random.default_rng(seed))
+        rows += privacy_rows(real, syn, holdout=holdout)
     if seed001:
         rows += seed001_rows(real, syn, holdout=holdout, seed=seed)
     if efficacy:
@@ -102,7 +102,7 @@ def reference_pair(a: MultilevelData, b: MultilevelData, n_holdout: int = 0, *, 
     else:
         train, hold = a, None
     if privacy:
-        rows += privacy_rows(train, b, holdout=hold, rng=np.random.default_rng(seed))
+        rows += privacy_rows(train, b, holdout=hold)
     if seed001:
         rows += seed001_rows(train, b, holdout=hold, seed=seed)
     return rows
@@ -494,7 +494,7 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
                 if h:
                     hs = h[i % len(h)]
                     if privacy:
-                        r += privacy_rows(train_part, hs, holdout=holdout, rng=np.random.default_rng(seed + i))
+                        r += privacy_rows(train_part, hs, holdout=holdout)
                     if seed001:
                         r += seed001_rows(train_part, hs, holdout=holdout, seed=seed + i)
                 rows += [dict(x, dataset=name, replicate=i) for x in r]
