@@ -203,6 +203,11 @@ def verdict_plot(detail: pd.DataFrame, ax: Any = None, clip: float = 10.0) -> pl
     """The z of every part of every claim (:func:`mlsimkit.paper.compare` with ``detail=True``): one row per
     claim, a dot per part coloured by its verdict, the band |z| < 2 (inconclusive) shaded; |z| beyond
     ``clip`` is drawn at ``clip`` with an open marker."""
+    if detail.empty and not len(detail.columns):  # compare() found no claim that applies to the study
+        fig, ax = (plt.subplots(figsize=(9.0, 1.0)) if ax is None else (ax.figure, ax))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no claim of the paper applies to this study's sources", ha="center", va="center")
+        return fig
     missing = [c for c in ("paper says", "source", "z", "verdict") if c not in detail]
     if missing:
         raise PerformanceError(f"a verdict plot needs the claims' parts (compare(..., detail=True)); missing {missing}")

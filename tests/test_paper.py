@@ -375,3 +375,12 @@ def test_a_claim_the_design_cannot_test_is_inconclusive_and_says_why():
     out = paper.prediction_claims(no_prior, "ai").set_index("paper says")
     assert out.loc[LOWEST_AI, "verdict"] == "yes"  # decided on the OLSFE parts alone
     assert out.loc[LOWEST_AI, "z"] == "+5.0, +5.0, +5.0"
+
+
+def test_verdict_plot_of_no_claims_says_so():
+    import pandas as pd
+
+    from mlsimkit.plots_performance import verdict_plot
+
+    fig = verdict_plot(pd.DataFrame())
+    assert "no claim of the paper applies" in fig.axes[0].texts[0].get_text()
