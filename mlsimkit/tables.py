@@ -127,3 +127,8 @@ def failure_messages(results: pd.DataFrame, n: int = 10):
         return pd.DataFrame({"fits": [f"all {len(results):,} fits ok"]}).style.hide(axis="index")
     counts = bad.value_counts().head(n).rename("fits").reset_index()
     return counts.style.hide(axis="index")
+
+
+def value_mcse(frame: pd.DataFrame, digits: int = 3, value: str = "value", mcse: str = "mcse") -> list[str]:
+    """``"value (MCSE)"`` cells, the form every measure takes in the book."""
+    return [f"{v:.{digits}f} ({m:.{digits}f})" for v, m in zip(frame[value], frame[mcse])]

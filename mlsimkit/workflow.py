@@ -43,6 +43,7 @@ from .data import MultilevelData
 from .errors import MlsimkitError, ParamsError
 from .io import atomic_path, write_text
 from .study import Study
+from .tables import value_mcse
 
 #: Fit statuses whose estimates enter the measures. A singular fit (a variance component on the boundary)
 #: still gives valid estimates and predictions (those of the model without that component), as lme4 users
@@ -569,7 +570,7 @@ def ablation_icc_table(qual: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 def ablation_performance_table(perf: pd.DataFrame, measures=("pmse",), digits: int = 3) -> pd.DataFrame:
     """Tables 5 and 6: each measure with its MCSE per method (and parameter) and scenario."""
     sub = perf[perf["measure"].isin(measures)].copy()
-    sub["cell"] = [f"{v:.{digits}f} ({m:.{digits}f})" for v, m in zip(sub["value"], sub["mcse"])]
+    sub["cell"] = value_mcse(sub, digits)
     return sub.pivot_table(index=["method", "parameter", "measure"], columns="scenario", values="cell",
                            aggfunc="first", sort=False)
 
@@ -585,7 +586,7 @@ def report_tables(study: Study, summary: pd.DataFrame) -> dict:
     out = dict(objective(study).tables(study, summary))
     fails = summary[summary["measure"] == "fail_rate"].copy()
     if not fails.empty:
-        fails["cell"] = [f"{v:.3f} ({m:.3f})" for v, m in zip(fails["value"], fails["mcse"])]
+        fails["cell"] = value_mcse(fails, 3)
         out["failure rate (MCSE)"] = fails.pivot_table(index=["source", "method"], columns="n_schools", values="cell",
                                                        aggfunc="first", sort=False)
     return out
@@ -632,7 +633,7 @@ def fit_rates(study: Study, which: str = "4-simulate", digits: int = 3) -> pd.Da
     out = pd.concat(out, ignore_index=True)
     keep = out.groupby(["source", "method", "fit"])["value"].transform("max").gt(0) | out["fit"].eq("failed")
     out = out[keep]
-    out["cell"] = [f"{v:.{digits}f} ({m:.{digits}f})" for v, m in zip(out["value"], out["mcse"])]
+    out["cell"] = value_mcse(out, digits)
     return out.pivot_table(index=["source", "method", "fit"], columns="n_schools", values="cell", aggfunc="first",
                            sort=False)
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..schema import Schema
+from ..tables import value_mcse
 from . import _columns as C
 
 MODEL_KEYS = ("outcome", "student", "school", "random_slope", "interactions", "reml", "min_cluster_size")
@@ -129,16 +130,11 @@ def level_of_parameters(study) -> dict:
     return {}
 
 
-def _cells(frame: pd.DataFrame, digits: int) -> pd.Series:
-    return pd.Series([f"{v:.{digits}f} ({m:.{digits}f})" for v, m in zip(frame["value"], frame["mcse"])],
-                     index=frame.index)
-
-
 def tables(study, summary: pd.DataFrame) -> dict:
     """PMSE (MCSE) by rule (rows) and number of schools (columns), one table per source."""
     out = {}
     d = summary[summary["measure"] == "pmse"].copy()
-    d["cell"] = _cells(d, 3)
+    d["cell"] = value_mcse(d, 3)
     for src, sub in d.groupby("source", sort=False):
         out[f"PMSE (MCSE), {src}"] = sub.pivot_table(index="method", columns="n_schools", values="cell",
                                                       aggfunc="first", sort=False)

@@ -28,6 +28,7 @@ import functools
 import pandas as pd
 
 from ..schema import Schema
+from ..tables import value_mcse
 from ..traditional import HuangOmittedVariable
 from . import _columns as C
 
@@ -186,17 +187,12 @@ def level_of_parameters(study) -> dict:
     return {**out, **TRADITIONAL_LEVELS}
 
 
-def _cells(frame: pd.DataFrame, digits: int) -> pd.Series:
-    return pd.Series([f"{v:.{digits}f} ({m:.{digits}f})" for v, m in zip(frame["value"], frame["mcse"])],
-                     index=frame.index)
-
-
 def tables(study, summary: pd.DataFrame) -> dict:
     """Relative bias, relative SE error and coverage (MCSE) by model and number of schools, per source and level."""
     out = {}
     lv = level_of_parameters(study)
     d = summary[summary["measure"].isin(["rel_bias", "relerror", "coverage"])].copy()
-    d["cell"] = _cells(d, 3)
+    d["cell"] = value_mcse(d, 3)
     d["level"] = d["parameter"].map(lv)
     for (src, level), sub in d.groupby(["source", "level"], sort=False):
         out[f"{level}-level coefficient ({', '.join(sub['parameter'].unique())}), {src}"] = sub.pivot_table(
