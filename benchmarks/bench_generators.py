@@ -119,7 +119,7 @@ def timed(fn, reps):
 
 
 def round_trip(label: str, gen, reps: int, folder: Path) -> dict:
-    """Median save / load seconds of the safe format and of a pickle of the same generator written as
+    """Fastest-of-``reps`` save / load seconds of the safe format and of a pickle of the same generator written as
     format version 2 did (atomically, a dict around the generator)."""
     from mlsimkit.generators import load
     from mlsimkit.io import atomic_path

@@ -265,7 +265,7 @@ class HuangOmittedVariable(Generator):
             f"huang-omitted-{label}",
             {"W1": "observed school predictor", "W2": "school predictor omitted by the analysis models"},
             {"X": "student predictor correlated with W2", "Y": "outcome"},
-            "Huang (2018)-style omitted school variable design",
+            "Huang (2017)-style omitted school variable design",
         )
 
     @property

@@ -127,7 +127,7 @@ def dcr_holdout_share(train: MultilevelData, syn: MultilevelData, holdout: Multi
 def dcr_diagnosis(train: MultilevelData, holdout: MultilevelData, syn: MultilevelData, *, seed: int = 0) -> dict:
     """Why synthetic rows sit close to real rows: **memorisation** or **concentration**?
 
-    Three comparisons, each against real hold-out rows (real students the generator never saw, which is
+    Comparisons, each against real hold-out rows (real students the generator never saw, which is
     what a perfect generator's rows would be like):
 
     * ``median DCR`` of the synthetic rows and ``median DCR (hold-out rows)`` of the hold-out rows, both to
