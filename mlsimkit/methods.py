@@ -32,7 +32,7 @@ Demonstration 1 — prediction rules (Afshartous & de Leeuw 2005)
     The criterion is the predictive mean squared error over schools,
     ``PMSE = mean_j (y_*j - yhat_*j)^2``, one value per replication (row ``parameter="PMSE"``).
 
-Demonstration 2 — recovery models (Huang 2018; Suk et al. section 5 and appendix S3)
+Demonstration 2 — recovery models (Huang 2017; Suk et al. section 5 and appendix S3)
     ``OLS``       OLS on the student and school predictors, omitting ``spec.omitted``.
     ``OLS+IGM``   the same plus school means of the (expanded) student predictors.
     ``HLM``       random-intercept model with the OLS fixed part (REML by default, as ``lmer``).
