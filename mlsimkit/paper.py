@@ -57,6 +57,8 @@ from .errors import MlsimkitError
 from .performance import paired_difference, reps_to_decide
 
 YES, NO, INCONCLUSIVE = "yes", "no", "inconclusive"
+#: The objectives of the paper's two demonstrations: the only ones its findings speak about.
+PAPER_OBJECTIVES = ("prediction", "recovery")
 #: |z| at which a difference counts as beyond Monte Carlo error.
 Z = 2.0
 TESTS = ("positive", "differs", "equivalent", "increases", "decreases")
@@ -537,9 +539,12 @@ def replication_table(results: pd.DataFrame, truth, measures: Sequence[str], usa
 def compare(study, summary: pd.DataFrame, ai: str, detail: bool = False) -> pd.DataFrame:
     """The paper's findings for this study's objective, decided on Stage 4's replications (yes / no /
     inconclusive with z and the replications that would decide an inconclusive row).  ``summary`` is
-    Stage 5's table; the decisions are computed from the per-replication results it summarises."""
+    Stage 5's table; the decisions are computed from the per-replication results it summarises.  An
+    objective the paper did not study (:data:`PAPER_OBJECTIVES`) has no claims: an empty table."""
     from . import workflow as wf
 
+    if study.objective not in PAPER_OBJECTIVES:
+        return pd.DataFrame()
     res, truth = wf.simulation_results(study)
     if study.objective == "prediction":
         reps = replication_table(res, truth, ["pmse"], wf.USABLE)
@@ -549,9 +554,12 @@ def compare(study, summary: pd.DataFrame, ai: str, detail: bool = False) -> pd.D
 
 
 def compare_ablation(study, perf: pd.DataFrame, detail: bool = False) -> pd.DataFrame:
-    """Section 6.2's findings (Tables 5 and 6) decided on Stage 6's simulations."""
+    """Section 6.2's findings (Tables 5 and 6) decided on Stage 6's simulations (none for an objective the
+    paper did not study)."""
     from . import workflow as wf
 
+    if study.objective not in PAPER_OBJECTIVES:
+        return pd.DataFrame()
     scenarios = wf.ablation_scenarios(study)
     roles = scenario_roles({k: v for k, v in study["ablation"]["scenarios"].items()})
     reps = None
