@@ -139,7 +139,7 @@ def execute(template: Path, target: Path, parameters: dict, *, cwd: Path, log=pr
         os.replace(tmp, failed)
         if target.exists():
             target.unlink()  # never leave a stale success next to a failure
-        src = _cell_source(failed, exc.cell_index)
+        src = _cell_source(failed, exc.cell_index, exc.exec_count)
         raise NotebookFailed(
             f"notebook '{template.name}' failed for study '{parameters.get('study')}' (profile "
             f"'{parameters.get('profile')}') in cell {exc.cell_index} (execution count {exc.exec_count}):\n"
@@ -159,10 +159,15 @@ def execute(template: Path, target: Path, parameters: dict, *, cwd: Path, log=pr
     return target
 
 
-def _cell_source(nb_path: Path, index: int) -> str:
+def _cell_source(nb_path: Path, index: int, exec_count: int | None = None) -> str:
+    """The source of the failing cell: the code cell with the failing execution count (papermill inserts
+    error banners into the failed copy, which shifts the indices), else the cell at ``index``."""
     try:
         cells = json.loads(nb_path.read_text())["cells"]
-        lines = "".join(cells[index]["source"]).strip().splitlines()
+        hits = [c for c in cells if c.get("cell_type") == "code" and exec_count is not None
+                and c.get("execution_count") == exec_count]
+        cell = hits[0] if hits else cells[index]
+        lines = "".join(cell["source"]).strip().splitlines()
         return "\n    ".join(lines[:6]) + ("\n    ..." if len(lines) > 6 else "")
     except (OSError, ValueError, KeyError, IndexError):
         return "<source unavailable>"
