@@ -49,10 +49,14 @@ PAGE_JS = r"""
   for (const t of article.querySelectorAll('table')) {
     const r = t.getBoundingClientRect();
     if (r.width === 0) continue;
-    // a table in a horizontally scrolling box still hides its right-hand columns from a reader
-    if (r.width > aw.width + 2) {
+    // a table in a horizontally scrolling box (or itself one: display block, overflow auto) still hides its
+    // right-hand columns from a reader
+    const w = Math.max(r.width, t.scrollWidth);
+    const box = t.closest('.cell_output') || article;  // notebook outputs are narrower than the article
+    const cw = box.clientWidth;
+    if (w > cw + 2) {
       const head = (t.querySelector('th') || t).innerText.slice(0, 40).replace(/\s+/g, ' ');
-      wide.push(`table "${head}" is ${Math.round(r.width)} px wide, the column ${Math.round(aw.width)} px`);
+      wide.push(`table "${head}" is ${Math.round(w)} px wide, the column ${Math.round(cw)} px`);
     }
   }
   const heads = [];

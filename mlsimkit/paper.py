@@ -595,3 +595,35 @@ def verdict_sentence(claims: pd.DataFrame) -> str:
             text += (f" Deciding them would take about {min(need):,} to {max(need):,} replications per condition "
                      "(the MCSE shrinks as 1/√n, the differences being as estimated here).")
     return text
+
+
+def verdict_list(claims: pd.DataFrame) -> str:
+    """The claims as a numbered Markdown list, one item per claim: verdict and z first, then what the paper says,
+    where, the test on which quantity, this build's numbers and the replications to decide. A table with
+    nine columns of sentences does not fit a page; the same content reads as a list."""
+    if claims.empty:
+        return "No claim of the paper applies to this study's sources."
+    items = []
+    for i, r in enumerate(claims.to_dict("records"), 1):
+        decide = r["replications to decide"]
+        items.append(f"{i}. **{r['verdict']}** (z {r['z']}) — {r['paper says']} *({r['where']}; source "
+                     f"`{r['source']}`)*. Test: *{r['test']}* on {r['quantity']}. This build: {r['this build']}. "
+                     f"Replications: {decide}.")
+    return "\n".join(items)
+
+
+def detail_table(detail: pd.DataFrame, claims: pd.DataFrame):
+    """The parts of every claim (``compare(..., detail=True)``) as a compact table: the claim's number in
+    :func:`verdict_list`, its source, the part, ``estimate (MCSE)``, z and the part's verdict (and the
+    equivalence margin where the claim has one)."""
+    from .tables import value_mcse
+
+    if detail.empty:
+        return pd.DataFrame({"parts": ["no claim of the paper applies to this study's sources"]}).style.hide(axis="index")
+    number = {text: i for i, text in enumerate(claims["paper says"], 1)}
+    out = pd.DataFrame({"claim": detail["paper says"].map(number), "source": detail["source"],
+                        "part": detail["part"], "estimate (MCSE)": value_mcse(detail, 3, "estimate", "mcse"),
+                        "z": detail["z"].map(lambda z: f"{z:+.1f}"), "verdict": detail["verdict"]})
+    if "margin" in detail and detail["margin"].notna().any():
+        out["margin"] = detail["margin"].map(lambda m: "" if pd.isna(m) else f"±{m:.3g}")
+    return out.style.hide(axis="index")

@@ -384,3 +384,34 @@ def test_verdict_plot_of_no_claims_says_so():
 
     fig = verdict_plot(pd.DataFrame())
     assert "no claim of the paper applies" in fig.axes[0].texts[0].get_text()
+
+
+def test_verdict_list_has_one_item_per_claim_with_every_column():
+    import pandas as pd
+
+    from mlsimkit.paper import verdict_list
+
+    claims = pd.DataFrame([{"paper says": "PMSE falls", "where": "4.5", "source": "clavaddpm", "quantity": "PMSE",
+                            "test": "decreases", "this build": "33.8 → 31.3", "z": "−2.4", "verdict": "yes",
+                            "replications to decide": "decided with 100"}])
+    text = verdict_list(claims)
+    assert text == ("1. **yes** (z −2.4) — PMSE falls *(4.5; source `clavaddpm`)*. Test: *decreases* on PMSE. "
+                    "This build: 33.8 → 31.3. Replications: decided with 100.")
+    assert verdict_list(pd.DataFrame()).startswith("No claim")
+
+
+def test_detail_table_numbers_the_claims_and_pairs_estimate_with_mcse():
+    import pandas as pd
+
+    from mlsimkit.paper import detail_table
+
+    claims = pd.DataFrame({"paper says": ["A", "B"]})
+    detail = pd.DataFrame({"paper says": ["B", "A"], "source": ["s", "t"], "part": ["10 schools", "25 schools"],
+                           "estimate": [0.5, -1.25], "mcse": [0.25, 0.5], "n": [3, 3], "z": [2.04, -0.5],
+                           "verdict": ["yes", "inconclusive"], "margin": [float("nan"), 0.1]})
+    t = detail_table(detail, claims).data
+    assert t.to_dict("records") == [
+        {"claim": 2, "source": "s", "part": "10 schools", "estimate (MCSE)": "0.500 (0.250)", "z": "+2.0",
+         "verdict": "yes", "margin": ""},
+        {"claim": 1, "source": "t", "part": "25 schools", "estimate (MCSE)": "-1.250 (0.500)", "z": "-0.5",
+         "verdict": "inconclusive", "margin": "±0.1"}]
