@@ -476,8 +476,9 @@ def simulation_results(study: Study, which: str = "4-simulate") -> tuple[pd.Data
 
 
 def status_counts(results: pd.DataFrame) -> pd.DataFrame:
-    """Fits per source, method and status (failed and fallback fits are counted, never dropped)."""
-    return (results.groupby(["source", "n_schools", "method", "status"], observed=True).size()
+    """Fits per source, method and status over all numbers of schools (failed and fallback fits are counted,
+    never dropped; Stage 5 gives the rates per number of schools with their MCSE)."""
+    return (results.groupby(["source", "method", "status"], observed=True).size()
             .unstack("status", fill_value=0))
 
 

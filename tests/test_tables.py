@@ -74,3 +74,16 @@ def test_metric_matrix_keeps_the_items_asked_for_in_their_order():
                  ref_hi=0.6) for i in ("SDIS", "authenticity", "beta-recall")]
     t = tables.metric_matrix(pd.DataFrame(rows), ["seed-001"], items=["authenticity", "absent", "SDIS"]).data
     assert list(t["item"]) == ["authenticity", "SDIS"]
+
+
+def test_status_counts_sum_over_the_numbers_of_schools():
+    import pandas as pd
+
+    import mlsimkit.workflow as wf
+
+    res = pd.DataFrame({"source": ["a"] * 4 + ["b"] * 2, "n_schools": [10, 25, 10, 25, 10, 25],
+                        "method": ["m", "m", "k", "k", "m", "m"],
+                        "status": ["ok", "singular", "ok", "ok", "error", "ok"]})
+    t = wf.status_counts(res)
+    assert t.loc[("a", "m")].to_dict() == {"error": 0, "ok": 1, "singular": 1}
+    assert t.loc[("a", "k"), "ok"] == 2 and t.loc[("b", "m"), "error"] == 1 and len(t) == 3
