@@ -101,3 +101,18 @@ def unknown_keys(key: str, mapping: Any, allowed) -> list[tuple[str, str]]:
     if not isinstance(mapping, dict):
         return [(key, f"expected a mapping, got {mapping!r}")]
     return [(f"{key}.{k}", f"unknown key; expected one of {sorted(allowed)}") for k in mapping if k not in allowed]
+
+
+def check_design(settings: Any, keys, build) -> list[tuple[str, str]]:
+    """Problems of a ``traditional:`` mapping: unknown keys, then whatever ``build`` (the design's constructor,
+    called with the known keys) refuses."""
+    if settings is None:
+        return []
+    out = unknown_keys("traditional", settings, keys)
+    if out and not isinstance(settings, dict):
+        return out
+    try:
+        build({k: v for k, v in settings.items() if k in keys})
+    except (ValueError, TypeError) as exc:
+        out.append(("traditional", str(exc)))
+    return out

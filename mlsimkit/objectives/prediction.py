@@ -77,11 +77,13 @@ def check_model(model, schema: Schema) -> list[tuple[str, str]]:
 
 def check_traditional(settings) -> list[tuple[str, str]]:
     """Problems of the ``traditional:`` mapping (the Afshartous & de Leeuw design)."""
-    if settings is None:
-        return []
-    out = C.unknown_keys("traditional", settings, TRADITIONAL_KEYS)
-    if out and not isinstance(settings, dict):
-        return out
+    from ..traditional import AfshartousDeLeeuw
+
+    out = C.check_design(settings, TRADITIONAL_KEYS,
+                         lambda kw: AfshartousDeLeeuw(**{k: v for k, v in kw.items() if k != "reml"}))
+    if isinstance(settings, dict) and "reml" in settings:
+        out += C.boolean("traditional.reml", settings["reml"])
+    return out
     try:
         from ..traditional import AfshartousDeLeeuw
 

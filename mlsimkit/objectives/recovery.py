@@ -119,11 +119,7 @@ def check_sources(sources, model, schema: Schema) -> list[tuple[str, str]]:
 
 def check_traditional(settings) -> list[tuple[str, str]]:
     """Problems of the ``traditional:`` mapping (the Huang design)."""
-    if settings is None:
-        return []
-    out = C.unknown_keys("traditional", settings, TRADITIONAL_KEYS)
-    if out and not isinstance(settings, dict):
-        return out
+    return C.check_design(settings, TRADITIONAL_KEYS, lambda kw: HuangOmittedVariable(**kw))
     try:
         HuangOmittedVariable(**{k: v for k, v in settings.items() if k in TRADITIONAL_KEYS})
     except (ValueError, TypeError) as exc:
