@@ -33,29 +33,31 @@ ctgan       95 s (50 ep.)  2.3e4               20 s                1.3e6
 clavaddpm   63 s           2.4e4               7.3 s               1.2e6
 ==========  =============  ==================  ==================  =================
 
-Saved-model round trip (2026-12-02, the same machine busy with other jobs, load about 4; ``--epochs 2
---fast-fit --pool-size 2000``; "pickle" is an atomic pickle of the generator, what format version 2 did):
+Saved-model round trip (2026-12-03, format version 4: all arrays in one raw member; the machine busy with
+other jobs; ``--epochs 2 --fast-fit --pool-size 2000``; "pickle" is an atomic pickle of the generator, what
+format version 2 did):
 
 =======================  ======  ======  ======  ======  =====  =====  ==========
 model                    save    load    pickle  pickle  ratio  MB     pickle MB
                                          save    load
 =======================  ======  ======  ======  ======  =====  =====  ==========
-bootstrap                0.008   0.018   0.002   0.002   6.7    0.25   0.23
-pool(2000) of bootstrap  0.101   0.052   0.050   0.022   2.1    4.12   3.98
-parametric               0.004   0.001   0.0006  0.0001  7.5    0.014  0.005
-pool(2000) of parametr.  0.102   0.040   0.048   0.019   2.1    3.89   3.75
-clavaddpm                0.013   0.037   0.008   0.020   1.7    0.43   0.41
-pool(2000) of clavaddpm  0.148   0.048   0.100   0.054   1.3    4.18   4.04
-ctgan                    0.040   0.049   0.029   0.034   1.4    2.17   2.16
-pool(2000) of ctgan      0.129   0.091   0.074   0.055   1.7    6.03   5.89
+bootstrap                0.0071  0.0041  0.0026  0.0016  2.7    0.24   0.23
+pool(2000) of bootstrap  0.044   0.026   0.026   0.016   1.65   4.11   3.98
+parametric               0.0016  0.0007  0.0003  0.0001  6.9    0.011  0.005
+pool(2000) of parametr.  0.040   0.017   0.021   0.013   1.69   3.88   3.75
+clavaddpm                0.011   0.020   0.0095  0.0081  1.77   0.41   0.41
+pool(2000) of clavaddpm  0.061   0.042   0.039   0.028   1.55   4.15   4.03
+ctgan                    0.029   0.028   0.017   0.023   1.45   2.17   2.16
+pool(2000) of ctgan      0.078   0.051   0.047   0.039   1.50   6.02   5.89
 =======================  ======  ======  ======  ======  =====  =====  ==========
 
-Seconds, fastest of 15 calls; "ratio" is (save + load) / (pickle save + pickle load). The models that take
-time to save (diffusion, CTGAN, pools of a few MB) cost 1.3-2.1 times pickle's round trip; the smallest
-ones (a few KB to 0.25 MB) pay a fixed cost of a few milliseconds for the archive, the hashes and about
-twenty ``.npy`` headers (in isolation the HSB bootstrap loads in 6 ms), which is why their ratio is large
-while the time is not. Files are 1-10% larger than the pickles (string columns are stored as one UTF-8
-buffer, repeated strings once).
+Seconds, fastest of 15 calls; "ratio" is (save + load) / (pickle save + pickle load). Every model whose
+round trip takes time (diffusion, CTGAN, the pools) costs 1.45-1.77 times pickle's. Format version 3 wrote one
+``.npy`` member per array, whose headers cost most of the small models' time (bootstrap 6.7, pools up to 2.1
+times pickle); version 4 puts the arrays in one raw member read with ``numpy.frombuffer``. What is left for
+the smallest files is a fixed cost of about 2 ms (metadata with the schema, SHA-256 of each member, the
+signature, the atomic rename): the 14 KB parametric model's round trip is 2.3 ms against pickle's 0.3 ms.
+Files are 1-10% larger than the pickles (string columns are stored as one UTF-8 buffer, repeated strings once).
 
 The diffusion generator samples 26,000-31,000 students/s on *one* thread (``bench_diffusion.py``), the
 setting the study params use.

@@ -410,11 +410,16 @@ def simulate(study: Study, data: MultilevelData, *, which: str = "4-simulate", n
         truths.append(t)
     results = pd.concat(results, ignore_index=True)
     truth = pd.concat(truths, ignore_index=True)
+    write_results(study, which, results, truth)
+    return results, truth
+
+
+def write_results(study: Study, which: str, results: pd.DataFrame, truth: pd.DataFrame) -> None:
+    """``<which>/results.parquet`` and ``<which>/truth.csv`` (atomically), read by :func:`simulation_results`."""
     with atomic_path(study.path(which, "results.parquet")) as tmp:
         results.to_parquet(tmp, index=False)
     with atomic_path(study.path(which, "truth.csv")) as tmp:
         truth.to_csv(tmp, index=False)
-    return results, truth
 
 
 def _run_source(study, which, src, design, gen, methods, reps, progress):
@@ -508,7 +513,8 @@ def ablation_scenarios(study: Study) -> dict:
 
 def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stage 6: for the original and each scenario — train (cached), evaluate quality on ``k`` candidates,
-    and rerun the simulation at ``ablation.n_schools``. Returns (quality summary, performance summary),
+    and rerun the simulation at ``ablation.n_schools`` (the original reuses Stage 4's rows where they are the
+    same computation, :func:`stage4_rows`). Returns (quality summary, performance summary),
     both long with a ``scenario`` column, and writes them under ``6-robustness/``."""
     from . import quality
     from .performance import summarise
@@ -538,9 +544,17 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
             ignore_index=True)
         qs.insert(0, "scenario", scen)
         qual.append(qs)
-        src = {"synthetic": source(study, data, scen, path, fixed)}
-        res, truth = simulate(study, data, which=f"6-robustness/{scen}", n_schools=[abl["n_schools"]],
-                              reps=abl.get("reps"), source_list=src)
+        reused = stage4_rows(study, int(abl["n_schools"]), int(abl.get("reps") or study["simulation"]["reps"]),
+                             abl.get("generator", "clavaddpm")) if scen == "original" else None
+        if reused is not None:  # the same model, condition and seeds as Stage 4: its rows, not a rerun
+            res, truth = reused
+            write_results(study, f"6-robustness/{scen}", res, truth)
+            log(f"[mlsimkit] ablation {scen}: Stage 4's {res['rep'].nunique()} replications at "
+                f"{abl['n_schools']} schools reused")
+        else:
+            src = {"synthetic": source(study, data, scen, path, fixed)}
+            res, truth = simulate(study, data, which=f"6-robustness/{scen}", n_schools=[abl["n_schools"]],
+                                  reps=abl.get("reps"), source_list=src)
         ps = summarise(res, truth, by=["source", "n_schools"], usable=USABLE)
         ps.insert(0, "scenario", scen)
         perf.append(ps)
@@ -551,6 +565,24 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         with atomic_path(study.path("6-robustness", fname)) as tmp:
             frame.to_csv(tmp, index=False)
     return qual, perf
+
+
+def stage4_rows(study: Study, n_schools: int, reps: int, generator: str) -> tuple | None:
+    """Stage 4's (results, truth) of ``generator`` at ``n_schools``, replications ``0 .. reps-1``, relabelled as
+    the ablation's ``synthetic`` source: what Stage 6's *original* scenario would compute, since rows depend
+    only on (seed, condition, replication, method) and the model is the same cached one. None when Stage 4
+    used another generator, did not run that number of schools, or ran fewer replications."""
+    p, t = study.path("4-simulate", "results.parquet"), study.path("4-simulate", "truth.csv")
+    if not (p.exists() and t.exists()) or simulation_generator(study) != generator:
+        return None
+    res = pd.read_parquet(p)
+    res = res[(res["source"] == generator) & (res["n_schools"] == n_schools) & (res["rep"] < reps)]
+    if res.empty or res["rep"].nunique() < reps:
+        return None
+    truth = pd.read_csv(t)
+    truth = truth[truth["source"] == generator]
+    return (res.assign(source="synthetic").reset_index(drop=True),
+            truth.assign(source="synthetic").reset_index(drop=True))
 
 
 def ablation_quality_table(qual: pd.DataFrame) -> pd.DataFrame:
@@ -777,14 +809,21 @@ def ablation_findings(study: Study, perf: pd.DataFrame) -> str:
 
 def ablation_original_note(study: Study, perf: pd.DataFrame) -> str:
     """What the ``original`` scenario is, checked against Stage 5: the Stage 2 model (same data and settings,
-    from the model cache), simulated at ``ablation.n_schools`` with the same seeds as Stage 4, so where Stage 4
-    ran that number of schools with as many replications its rows repeat Stage 5's; its quality rows come
-    from its own ``ablation.quality.candidates`` data sets, not Stage 3's."""
+    from the model cache) at ``ablation.n_schools`` with Stage 4's seeds, whose rows are Stage 4's where Stage 4
+    ran that generator, number of schools and as many replications (:func:`stage4_rows`); its quality rows
+    come from its own ``ablation.quality.candidates`` data sets, not Stage 3's."""
     n = int(study["ablation"]["n_schools"])
     k = int(study["ablation"].get("quality", {}).get("candidates", 3))
-    text = (f"The *original* scenario is the Stage 2 model (same data and settings, taken from the model cache), "
-            f"simulated at {n} schools with the same seeds as Stage 4; its quality rows come from {k} fresh "
-            "candidate data sets, not Stage 3's.")
+    reps = int(study["ablation"].get("reps") or study["simulation"]["reps"])
+    reused = stage4_rows(study, n, reps, study["ablation"].get("generator", "clavaddpm")) is not None
+    text = (f"The *original* scenario is the Stage 2 model (same data and settings, taken from the model cache) at "
+            f"{n} schools with Stage 4's seeds: "
+            + (f"its simulation rows are Stage 4's first {reps} replications at {n} schools, reused rather than "
+               "computed again (rows depend only on the seed, the condition, the replication and the method). "
+               if reused else "simulated here, because Stage 4 used another generator, another number of schools "
+               "or fewer replications. ")
+            + f"Its quality rows come from {k} fresh candidate data sets scored with this stage's settings, like "
+            "the other scenarios' (Stage 3 scored its candidates with other settings).")
     p = study.path("5-evaluate", "summary.csv")
     if not p.exists():
         return text

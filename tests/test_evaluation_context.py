@@ -84,6 +84,24 @@ def test_ablation_original_note_compares_with_stage5(study):
     assert "by at most 0 (the same replications)." in wf.ablation_original_note(study, perf)
 
 
+def test_original_scenario_reuses_stage4_rows_only_when_they_are_the_same_computation(study):
+    (study.run_dir / "3-quality").mkdir(parents=True, exist_ok=True)
+    (study.run_dir / "3-quality" / "choice.json").write_text(json.dumps({"best": "clavaddpm"}))
+    rows = [{"source": src, "condition": f"n_schools={n}", "n_schools": n, "rep": rep, "method": "OLSFE",
+             "parameter": "PMSE", "estimate": np.nan, "pred_error": float(rep), "status": "ok", "message": ""}
+            for src in ("clavaddpm", "traditional") for n in (25, 100) for rep in range(5)]
+    pd.DataFrame(rows).to_parquet(study.path("4-simulate", "results.parquet"), index=False)
+    pd.DataFrame({"source": ["clavaddpm", "traditional"], "parameter": "PMSE", "true_value": np.nan}).to_csv(
+        study.path("4-simulate", "truth.csv"), index=False)
+    res, truth = wf.stage4_rows(study, 100, 3, "clavaddpm")
+    assert sorted(res["rep"]) == [0, 1, 2] and set(res["source"]) == {"synthetic"} and set(res["n_schools"]) == {100}
+    assert list(truth["source"]) == ["synthetic"] and list(truth["parameter"]) == ["PMSE"]
+    # negative controls: more replications than Stage 4 ran, a number of schools it did not run, another generator
+    assert wf.stage4_rows(study, 100, 6, "clavaddpm") is None
+    assert wf.stage4_rows(study, 50, 3, "clavaddpm") is None
+    assert wf.stage4_rows(study, 100, 3, "ctgan") is None
+
+
 def test_within_residual_variance_matches_a_fixed_effects_regression():
     import statsmodels.formula.api as smf
 

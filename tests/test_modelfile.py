@@ -1,4 +1,4 @@
-"""The saved-generator format (version 3): JSON metadata + numpy arrays; loading runs no code from the file."""
+"""The saved-generator format (version 4): JSON metadata + numpy arrays; loading runs no code from the file."""
 
 import hashlib
 import json
@@ -67,12 +67,10 @@ def test_file_is_metadata_and_arrays_only(boot, tmp_path):
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         meta = json.loads(zf.read("metadata.json"))
-        for n in names:
-            if n.endswith(".npy"):
-                np.load(zf.open(n), allow_pickle=False)  # every array reads without pickle
-    assert names[0] == "metadata.json" and "state.json" in names
-    assert {n.split("/")[0] for n in names} <= {"metadata.json", "state.json", "arrays"}
-    assert meta["magic"] == "mlsimkit-generator" and meta["format_version"] == FORMAT_VERSION == 3
+        state = zf.read("state.json").decode()
+    assert names == ["metadata.json", "state.json", "arrays.bin"]
+    assert '"__array__":[' in state and "pickle" not in state  # arrays are [offset, dtype, shape] records
+    assert meta["magic"] == "mlsimkit-generator" and meta["format_version"] == FORMAT_VERSION == 4
     assert meta["class"] == "SchoolBootstrap" and meta["settings"] == {"replace": True}
     assert meta["schema"] == small_schema_dict(boot) and meta["requires_trust"] is False
     assert meta["content_sha256"] == hashlib.sha256(mf._canonical(meta).encode()).hexdigest()
@@ -165,10 +163,46 @@ def test_truncated_file(boot, tmp_path):
 
 def test_other_format_version(boot, tmp_path):
     src = boot.save(tmp_path / "boot.zip")
-    old = _rewrite(src, tmp_path / "v4.zip", meta_edit=lambda m: m.update(format_version=4, mlsimkit="9.0"))
-    with pytest.raises(FormatVersionError, match=r"v4\.zip'.*format version 4 \(written by mlsimkit 9\.0\).*"
-                                                 r"reads version 3; retrain"):
-        load(old)
+    for version in (3, 5):  # an earlier build's file (one .npy member per array) and a later one
+        old = _rewrite(src, tmp_path / f"v{version}.zip",
+                       meta_edit=lambda m: m.update(format_version=version, mlsimkit="9.0"))
+        with pytest.raises(FormatVersionError, match=rf"v{version}\.zip'.*format version {version} \(written by "
+                                                     r"mlsimkit 9\.0\).*reads version 4; retrain"):
+            load(old)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda rec: rec.__setitem__(1, "|O"), "not \\[offset, plain dtype, shape\\]"),   # an object array
+    (lambda rec: rec.__setitem__(1, "nonsense"), "not \\[offset, plain dtype, shape\\]"),
+    (lambda rec: rec.__setitem__(0, 10**9), "beyond the end of arrays.bin"),
+    (lambda rec: rec.__setitem__(2, [10**6]), "beyond the end of arrays.bin"),
+])
+def test_bad_array_record(boot, tmp_path, edit, reason):
+    """An array record is checked against the raw member before any bytes are read: a forged record with
+    every hash recomputed cannot name an object dtype or read past the end."""
+    src = boot.save(tmp_path / "boot.zip")
+
+    def forge(members):
+        state = json.loads(members["state.json"])
+
+        def first_array(x):
+            if isinstance(x, dict):
+                if "__array__" in x:
+                    return x["__array__"]
+                x = list(x.values())
+            if isinstance(x, list):
+                for v in x:
+                    found = first_array(v)
+                    if found is not None:
+                        return found
+            return None
+
+        edit(first_array(state))
+        members["state.json"] = json.dumps(state).encode()
+
+    bad = _rewrite(src, tmp_path / "forged.zip", members_edit=forge)
+    with pytest.raises(FormatVersionError, match=rf"forged\.zip'.*damaged saved generator \(an array record .*{reason}"):
+        load(bad)
 
 
 def test_class_not_on_the_allow_list(boot, tmp_path):
@@ -213,7 +247,7 @@ def test_modified_content_is_detected(boot, tmp_path):
     with zipfile.ZipFile(path) as zf:
         meta = json.loads(zf.read("metadata.json"))
         members = {n: zf.read(n) for n in zf.namelist() if n != "metadata.json"}
-    arr = next(n for n in members if n.endswith(".npy"))
+    arr = "arrays.bin"
     members[arr] = members[arr][:-8] + bytes(8)  # same size, other values, old hashes kept
     bad = tmp_path / "tampered.zip"
     with zipfile.ZipFile(bad, "w") as zf:
@@ -269,7 +303,7 @@ def test_codec_round_trips_the_value_types_a_state_holds(tmp_path):
              "strings": np.array(["k1", "k2", "k3", "k4"], dtype=object).reshape(2, 2)}
     enc = mf._Encoder()
     tree = json.loads(json.dumps(enc.enc(state, "test")))
-    back = mf._Decoder(enc.members, tmp_path / "x.zip").dec(tree)
+    back = mf._Decoder(enc.finish(), tmp_path / "x.zip").dec(tree)
     pd.testing.assert_frame_equal(back["frame"], frame, check_exact=True)
     pd.testing.assert_series_equal(back["series"], frame["s"])
     assert back["t"] == (1, np.float32(2.5), np.int64(7)) and type(back["t"][1]) is np.float32

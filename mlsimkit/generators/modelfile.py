@@ -15,9 +15,13 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     categories), torch networks (class from the allow-list, constructor arguments and a state dict),
     and objects of the allow-listed classes :data:`OBJECT_CLASSES` (restored by setting their attributes,
     never by calling anything named in the file).
-``arrays/<k>.npy``
-    Every numerical array and tensor (and every array of strings), written by :func:`numpy.save` and read
-    with ``allow_pickle=False``. Network weights are stored the same way and copied into a network built
+``arrays.bin``
+    Every numerical array and tensor (and every array of strings) as raw bytes, one after the other (each
+    starting at a multiple of 16 bytes); the state records each one's offset, dtype (a plain numpy dtype
+    string such as ``<f8``: never an object dtype) and shape, and reading is :func:`numpy.frombuffer` on
+    a bounds-checked slice, so nothing in the file is interpreted as anything but numbers. One member
+    instead of one ``.npy`` per array keeps the fixed cost of small models low (format version 3 had a
+    ``.npy`` member per array). Network weights are stored the same way and copied into a network built
     from its constructor arguments on the ``meta`` device (no random initialisation, no global RNG use).
 ``pickle/<k>.pkl``
     Only for CTGAN: the ``ctgan`` package's own model object, which has no array form here (its data
@@ -60,14 +64,18 @@ import pandas as pd
 from ..errors import FormatVersionError, MlsimkitError
 from ..io import atomic_path
 
+#: 4: as 3, with all arrays in one raw member ``arrays.bin``.
 #: 3: zip of JSON metadata + numpy arrays (no pickle, except CTGAN's model behind trust).
 #: 2: pickle; the diffusion generator's ``sample_batch`` became ``sample_block``. 1: pickle.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MAGIC = "mlsimkit-generator"
 #: file name suffix of a saved generator (``models/<name>.zip``)
 SUFFIX = ".zip"
 _META = "metadata.json"
 _STATE = "state.json"
+_ARRAYS = "arrays.bin"
+#: dtype kinds an array may have (no objects, no structured records)
+_ARRAY_KINDS = "biufcUSmM"
 _MAX_META_BYTES = 16 * 2**20
 
 #: generator classes a file may name (short name -> "module:qualname"), imported only when named
@@ -159,16 +167,27 @@ class _Encoder:
 
     def __init__(self):
         self.members: dict[str, bytes] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
 
-    def _array(self, a: np.ndarray) -> str:
-        name = f"arrays/{len(self.members):05d}.npy"
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-        self.members[name] = buf.getvalue()
-        return name
+    def _array(self, a: np.ndarray) -> list:
+        """Append ``a``'s bytes to ``arrays.bin``; its record is ``[offset, dtype, shape]``."""
+        a = np.ascontiguousarray(a)
+        pad = -self.size % 16
+        if pad:
+            self.chunks.append(bytes(pad))
+        offset = self.size + pad
+        data = a.tobytes()
+        self.chunks.append(data)
+        self.size = offset + len(data)
+        return [offset, a.dtype.str, list(a.shape)]
+
+    def finish(self) -> dict[str, bytes]:
+        """All members: the arrays (when there are any) and the pickled ones."""
+        return {**({_ARRAYS: b"".join(self.chunks)} if self.chunks else {}), **self.members}
 
     def ndarray(self, a: np.ndarray, where: str):
-        if a.dtype.kind in "biufcUSmM":
+        if a.dtype.kind in _ARRAY_KINDS:
             return {"__array__": self._array(a)}
         if a.dtype.kind == "O":
             flat = a.ravel()
@@ -291,8 +310,23 @@ class _Decoder:
             raise self.bad(f"no member {member!r}")
         return self.blobs[member]
 
-    def _array(self, member: str) -> np.ndarray:
-        return np.load(io.BytesIO(self._member(member)), allow_pickle=False)
+    def _array(self, spec) -> np.ndarray:
+        """The array recorded as ``[offset, dtype, shape]`` in ``arrays.bin`` (bounds and dtype checked)."""
+        try:
+            offset, dtype, shape = spec
+            dt = np.dtype(str(dtype))
+            shape = tuple(int(n) for n in shape)
+            ok = (isinstance(offset, int) and offset >= 0 and dt.kind in _ARRAY_KINDS and dt.fields is None
+                  and all(n >= 0 for n in shape))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise self.bad(f"an array record that is not [offset, plain dtype, shape]: {spec!r}")
+        blob = self._member(_ARRAYS)
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + count * dt.itemsize > len(blob):
+            raise self.bad(f"an array record beyond the end of {_ARRAYS}")
+        return np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape).copy()
 
     def values(self, spec):
         if "__categorical__" in spec:
@@ -463,7 +497,7 @@ def write(gen, path: str | Path) -> Path:
                             "saved models (mlsimkit.generators.modelfile.GENERATOR_CLASSES)")
     enc = _Encoder()
     state = enc.enc(gen, f"generator {short}")
-    members = {_STATE: json.dumps(state, separators=(",", ":"), allow_nan=True).encode(), **enc.members}
+    members = {_STATE: json.dumps(state, separators=(",", ":"), allow_nan=True).encode(), **enc.finish()}
     schema = getattr(gen, "schema_", None)
     meta = {
         "magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
