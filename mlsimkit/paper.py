@@ -579,9 +579,28 @@ def _level_of(study) -> dict:
     return wf.level_of_parameters(study)
 
 
-def verdict_sentence(claims: pd.DataFrame) -> str:
+def profile_reps(study, profile: str = "paper", key: str = "simulation") -> int | None:
+    """The replications per condition of another profile of ``study`` (``simulation.reps``, or
+    ``ablation.reps`` with ``key="ablation"``); None when the params file does not define that profile."""
+    from .study import load
+
+    if profile not in (study.spec.get("profiles") or {}):
+        return None
+    other = load(study.name, profile, study.root)
+    reps = (other.get(key) or {}).get("reps") or other["simulation"].get("reps")
+    return int(reps) if reps else None
+
+
+def verdict_sentence(claims: pd.DataFrame, study=None, key: str = "simulation",
+                     planned: tuple[str, int] | None = None) -> str:
     """One Markdown sentence: how many claims came out yes / no / inconclusive, and the replications that
-    would decide the inconclusive ones (:func:`mlsimkit.performance.reps_to_decide`)."""
+    would decide the inconclusive ones (:func:`mlsimkit.performance.reps_to_decide`). With ``study`` (run
+    under a profile other than ``paper``), or ``planned = (profile, replications)``, the sentence also says
+    how many of the inconclusive claims the paper profile's replications (``<key>.reps``,
+    :func:`profile_reps`) would decide."""
+    if planned is None and study is not None and study.profile != "paper":
+        reps = profile_reps(study, "paper", key)
+        planned = ("paper", reps) if reps else None
     if claims.empty:
         return "No claim of the paper applies to this study's sources."
     counts = claims["verdict"].value_counts()
@@ -594,6 +613,12 @@ def verdict_sentence(claims: pd.DataFrame) -> str:
         if need:
             text += (f" Deciding them would take about {min(need):,} to {max(need):,} replications per condition "
                      "(the MCSE shrinks as 1/√n, the differences being as estimated here).")
+        if planned is not None:
+            name, reps = planned
+            k = sum(n <= reps for n in need)
+            text += (f" The *{name}* profile's {reps:,} replications would decide {k} of the {len(und)}"
+                     + ("" if k == len(und) else "; the others need more, or sit on their boundary (no number of "
+                        "replications decides an estimate equal to it)") + ".")
     return text
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import cost
 from . import study as study_mod
 from .errors import MlsimkitError
 
@@ -70,9 +71,12 @@ def run(
         for stage in st.stages:
             if wanted and stage not in wanted:
                 continue
+            t0 = time.perf_counter()
+            cost.record(st.run_dir, stage, started=time.time())  # the last stage's page shows the cost table
             execute(root / "notebooks" / f"{stage}.ipynb",
                     out / "book" / "executed" / name / f"{stage}.ipynb",
                     {"study": name, "profile": profile, "root": str(out)}, cwd=out, log=log)
+            cost.record(st.run_dir, stage, seconds=time.perf_counter() - t0)
     if not build:
         return None
     return build_book(out, root=root, log=log)

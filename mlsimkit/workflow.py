@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import generators as G
+from .cost import REUSED
 from .data import MultilevelData
 from .errors import MlsimkitError, ParamsError
 from .io import atomic_path, write_text
@@ -546,12 +547,15 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         qual.append(qs)
         reused = stage4_rows(study, int(abl["n_schools"]), int(abl.get("reps") or study["simulation"]["reps"]),
                              abl.get("generator", "clavaddpm")) if scen == "original" else None
+        marker = study.path(f"6-robustness/{scen}", REUSED)
         if reused is not None:  # the same model, condition and seeds as Stage 4: its rows, not a rerun
             res, truth = reused
             write_results(study, f"6-robustness/{scen}", res, truth)
+            write_text(marker, "rows reused from 4-simulate/results.parquet (mlsimkit.workflow.stage4_rows)\n")
             log(f"[mlsimkit] ablation {scen}: Stage 4's {res['rep'].nunique()} replications at "
                 f"{abl['n_schools']} schools reused")
         else:
+            marker.unlink(missing_ok=True)
             src = {"synthetic": source(study, data, scen, path, fixed)}
             res, truth = simulate(study, data, which=f"6-robustness/{scen}", n_schools=[abl["n_schools"]],
                                   reps=abl.get("reps"), source_list=src)

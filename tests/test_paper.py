@@ -6,6 +6,7 @@ With n = 100 and sd = 1 the MCSE is 0.1: an offset of 0.5 is z = 5 (decided), 0.
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -345,6 +346,25 @@ def test_verdict_sentence_counts_and_reps_to_decide():
         "Verdicts of the 4 claims: 1 *yes* (the claim holds beyond Monte Carlo error), 1 *no* (contradicted beyond "
         "it), 2 *inconclusive* at this build's replications. Deciding them would take about 250 to 1,600 "
         "replications per condition (the MCSE shrinks as 1/√n, the differences being as estimated here).")
+    planned = paper.verdict_sentence(claims, planned=("paper", 500))
+    assert planned.endswith("The *paper* profile's 500 replications would decide 1 of the 2; the others need more, "
+                            "or sit on their boundary (no number of replications decides an estimate equal to it).")
+    assert paper.verdict_sentence(claims, planned=("paper", 2000)).endswith("would decide 2 of the 2.")
+
+
+def test_profile_reps_reads_another_profile_of_the_study(tmp_path):
+    import shutil
+
+    from mlsimkit import study as st
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "params", tmp_path / "params")
+    s = st.load("hsb-prediction", "default", tmp_path)
+    assert paper.profile_reps(s) == st.load("hsb-prediction", "paper", tmp_path)["simulation"]["reps"] == 500
+    assert paper.profile_reps(s, key="ablation") == 500
+    assert paper.profile_reps(s, "no-such-profile") is None
+    claims = pd.DataFrame({"verdict": ["inconclusive"], "replications to decide": ["about 400"]})
+    assert paper.verdict_sentence(claims, s).endswith("The *paper* profile's 500 replications would decide 1 of the 1.")
+    assert "profile's" not in paper.verdict_sentence(claims, st.load("hsb-prediction", "paper", tmp_path))
 
 
 def test_verdict_plot_draws_every_part_once_and_clips():
