@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -96,11 +97,7 @@ def train_one(study: Study, data: MultilevelData, name: str, settings: dict, *, 
     """Fit generator ``name`` with ``settings``, cached by the data's and the code's fingerprints and the
     settings. A cached file that fails the checks of :func:`mlsimkit.generators.load` (damaged, modified,
     another format version or schema, or an untrusted pickle) is retrained, with one log line saying why."""
-    settings = dict(settings or {})
-    kind = settings.pop("generator", name)
-    key = hashlib.sha256(json.dumps([kind, settings, fingerprint(data), code_fingerprint()], sort_keys=True,
-                                    default=str).encode())
-    cache = study.root / "runs" / "_models" / f"{kind}-{key.hexdigest()[:16]}{G.SUFFIX}"
+    kind, settings, cache = _cached(study, data, name, settings)
     if cache.is_file():
         try:
             gen = G.load(cache, schema=data.schema, trust=trust_model_files(study))
@@ -111,20 +108,72 @@ def train_one(study: Study, data: MultilevelData, name: str, settings: dict, *, 
         else:
             log(f"[mlsimkit] {name}: loaded the trained model from the cache ({cache.name})")
             return gen
+    gen = _fit(kind, settings, data, cache)
+    log(f"[mlsimkit] {name}: trained in {gen.train_seconds_:.0f} s")
+    return gen
+
+
+def _cached(study: Study, data: MultilevelData, name: str, settings: dict) -> tuple[str, dict, Path]:
+    """(generator kind, its constructor settings, the model cache file for this data, code and settings)."""
+    settings = dict(settings or {})
+    kind = settings.pop("generator", name)
+    key = hashlib.sha256(json.dumps([kind, settings, fingerprint(data), code_fingerprint()], sort_keys=True,
+                                    default=str).encode())
+    return kind, settings, study.root / "runs" / "_models" / f"{kind}-{key.hexdigest()[:16]}{G.SUFFIX}"
+
+
+def _fit(kind: str, settings: dict, data: MultilevelData, cache: Path):
+    """Fit a generator, time it and save it to the model cache (run in the main process or in a worker)."""
     gen = G.make(kind, **settings)
     t0 = time.perf_counter()
     gen.fit(data)
     gen.train_seconds_ = time.perf_counter() - t0
     gen.save(cache)
-    log(f"[mlsimkit] {name}: trained in {gen.train_seconds_:.0f} s")
     return gen
 
 
+def _fit_seconds(kind: str, settings: dict, data: MultilevelData, cache: Path) -> float:
+    return _fit(kind, settings, data, cache).train_seconds_
+
+
+def train_concurrently(study: Study, jobs, *, log: Callable = print) -> None:
+    """Train the generators of ``jobs`` (``(data, name, settings, label)``, as for :func:`train_one`) that the model cache lacks in
+    parallel processes, up to ``simulation.n_jobs`` and the cores available, so that :func:`train_one` then
+    loads each from the cache. Generators train on one thread each (their ``n_threads``), so two of them
+    on two cores take the time of one; the models are the same as when trained one after the other (the
+    cache key and each generator's seed do not depend on where it trains). Nothing happens with fewer than
+    two models to train or one job slot."""
+    todo: dict[Path, tuple] = {}
+    for data, name, settings, label in jobs:
+        kind, kwargs, cache = _cached(study, data, name, settings)
+        if not cache.is_file():
+            todo.setdefault(cache, (label, kind, kwargs, data))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(len(todo), int(study["simulation"].get("n_jobs", 2)), cores)
+    if n < 2:
+        return
+    from joblib import Parallel, delayed
+
+    labels = [v[0] for v in todo.values()]
+    log(f"[mlsimkit] training {len(todo)} models in {n} processes: {', '.join(labels)}")
+    secs = Parallel(n_jobs=n, backend="loky")(
+        delayed(_fit_seconds)(kind, kwargs, data, cache) for cache, (_, kind, kwargs, data) in todo.items())
+    for label, sec in zip(labels, secs):
+        log(f"[mlsimkit] {label}: trained in {sec:.0f} s (in a worker process)")
+
+
 def train(study: Study, data: MultilevelData, *, log: Callable = print) -> dict:
-    """Stage 2: train every generator of ``params.generators`` and save it under ``2-train/models``."""
+    """Stage 2: train every generator of ``params.generators`` and save it under ``2-train/models``; the
+    hold-out generators of :func:`train_holdout` are trained alongside (:func:`train_concurrently`)."""
     specs = study["generators"]
     if not isinstance(specs, dict) or not specs:
         raise ParamsError(f"file '{study.file}': 'generators' must map generator names to their settings")
+    jobs = [(data, name, settings, name) for name, settings in specs.items()]
+    train_part, hold = split_holdout(study, data)
+    if hold is not None:
+        jobs += [(train_part, name, settings, f"{name} (hold-out model)")
+                 for name, settings in _holdout_generator_settings(study).items()]
+    train_concurrently(study, jobs, log=log)
     out = {}
     for name, settings in specs.items():
         gen = train_one(study, data, name, settings, log=log)
@@ -512,6 +561,16 @@ def ablation_scenarios(study: Study) -> dict:
     return out
 
 
+def _ablation_job(study: Study, data: MultilevelData, scen: str, settings: dict) -> tuple:
+    """``(training data, scenario, generator settings, label)`` of an ablation scenario (``train_fraction``
+    0.5: half of the schools)."""
+    settings = dict(settings)
+    frac = settings.pop("train_fraction", None)
+    if frac not in (None, 0.5, 1, 1.0):
+        raise ParamsError(f"file '{study.file}': ablation scenario '{scen}': train_fraction must be 0.5")
+    return (half_of_schools(data, int(study["seed"])) if frac == 0.5 else data), scen, settings, f"ablation {scen}"
+
+
 def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stage 6: for the original and each scenario — train (cached), evaluate quality on ``k`` candidates,
     and rerun the simulation at ``ablation.n_schools`` (the original reuses Stage 4's rows where they are the
@@ -524,13 +583,10 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
     q = abl.get("quality", {})
     fixed = objective(study).prepare(study, data)
     qual, perf = [], []
-    for scen, settings in ablation_scenarios(study).items():
-        settings = dict(settings)
-        frac = settings.pop("train_fraction", None)
-        train_data = half_of_schools(data, int(study["seed"])) if frac == 0.5 else data
-        if frac not in (None, 0.5, 1, 1.0):
-            raise ParamsError(f"file '{study.file}': ablation scenario '{scen}': train_fraction must be 0.5")
-        gen = train_one(study, train_data, f"ablation {scen}", settings, log=log)
+    jobs = [_ablation_job(study, data, scen, settings) for scen, settings in ablation_scenarios(study).items()]
+    train_concurrently(study, jobs, log=log)
+    for train_data, scen, settings, label in jobs:
+        gen = train_one(study, train_data, label, settings, log=log)
         path = gen.save(model_file(study, "6-robustness", scen))
         cands = candidates({scen: gen}, data.n_clusters, int(q.get("candidates", 3)), int(study["seed"]))
         by_con = ({scen: gen.metrics_by_construction(data.n_clusters)}

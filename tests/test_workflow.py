@@ -145,3 +145,29 @@ def test_holdout_split_is_seeded_and_disjoint(study):
     study.params["quality"] = {"holdout_training": "fast"}
     with pytest.raises(Exception, match="quality.holdout_training"):
         wf.holdout_settings(study)
+
+
+def test_train_concurrently_fills_the_cache_with_the_models_a_serial_run_trains(study):
+    from mlsimkit import datasets as ds
+
+    hsb = ds.load("hsb")
+    small = hsb.subset(hsb[hsb.schema.top][hsb.schema.tables[hsb.schema.top].primary_key[0]].iloc[:30])
+    jobs = [(small, "parametric", {"cluster_size": 20}, "parametric"),
+            (small, "bootstrap", {}, "bootstrap"),
+            (small, "bootstrap", {}, "bootstrap again")]  # the same model twice is trained once
+    lines = []
+    wf.train_concurrently(study, jobs, log=lines.append)
+    assert lines[0] == "[mlsimkit] training 2 models in 2 processes: parametric, bootstrap"
+    caches = sorted((study.root / "runs" / "_models").glob("*.zip"))
+    assert len(caches) == 2
+    lines.clear()
+    par = wf.train_one(study, small, "parametric", {"cluster_size": 20}, log=lines.append)
+    assert "loaded the trained model from the cache" in lines[0]
+    serial = wf._fit("parametric", {"cluster_size": 20}, small, study.root / "serial.zip")
+    a, b = par.sample(12, seed=5), serial.sample(12, seed=5)
+    for t in a.tables:
+        pd.testing.assert_frame_equal(a[t], b[t])
+    # nothing left to train: no processes are started
+    lines.clear()
+    wf.train_concurrently(study, jobs, log=lines.append)
+    assert lines == []
