@@ -312,7 +312,7 @@ def generator_roles(study: Study, data: MultilevelData, generators: dict, holdou
     for name, g in holdout_generators.items():
         rows.append({"generator": name, "model": "hold-out", "schools seen": train_part.n_clusters,
                      "used for": ROLES["holdout"], "train seconds": getattr(g, "train_seconds_", np.nan)})
-    return pd.DataFrame(rows).set_index(["generator", "model"])
+    return pd.DataFrame(rows).set_index(["generator", "model"]).round({"train seconds": 1})
 
 
 def quality_inputs(study: Study, data: MultilevelData, generators: dict, k: int, seed: int, *,

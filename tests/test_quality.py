@@ -272,6 +272,22 @@ def test_by_construction_metrics_leave_the_averages(controls_report):
     assert t[(t.dataset == "bootstrap copy") & (t.metric == "cardinality shape similarity")].informative.all()
 
 
+def test_report_tables_for_the_page(controls_report):
+    icc = controls_report.icc_table().data
+    assert list(icc.columns) == ["dataset", "metric", "variable", "value", "real", "synthetic", "reference",
+                                 "band low", "band high"]
+    assert set(icc["metric"]) == {"ICC similarity", "reliability similarity"} and len(icc)
+    shuffled = icc[(icc.dataset == "shuffled schools") & (icc.metric == "ICC similarity")]
+    assert (shuffled["value"] < shuffled["band low"]).all()  # the negative control, as the reader sees it
+    con = controls_report.by_construction_table().data
+    row_copy = con[con.dataset == "row copy"].set_index("metric")["note"]
+    assert row_copy["cardinality shape similarity"] == "1 by construction: school sizes copied"
+    assert row_copy["referential integrity"].startswith("1 by construction: keys are assembled")
+    assert con.duplicated(["dataset", "metric", "level"]).sum() == 0
+    val = controls_report.validity_table()
+    assert set(val.index) >= {"row copy", "shuffled schools"} and (val.loc["row copy"] == 0).all()
+
+
 def test_out_of_range_share_by_hand():
     assert within.out_of_range_share([0, 1, 2], [-1, 0, 2, 3]) == 0.5
     assert within.out_of_range_share([0, 1, 2], [0, 2]) == 0.0

@@ -281,6 +281,30 @@ class QualityReport:
         return out
 
     # -------------------------------------------------------------- figures
+    def icc_table(self, digits: int = 3):
+        """ICC and reliability similarity per data set and variable, with the real and synthetic statistic and
+        the real-vs-real reference and its band (the table under the ICC figure)."""
+        t = self.table
+        cols = ["dataset", "metric", "variables", "value", "stat_real", "stat_syn", "reference", "ref_lo", "ref_hi"]
+        out = t[t["metric"].isin(["ICC similarity", "reliability similarity"])][cols].rename(columns={
+            "variables": "variable", "stat_real": "real", "stat_syn": "synthetic", "ref_lo": "band low",
+            "ref_hi": "band high"})
+        return out.style.hide(axis="index").format(precision=digits, na_rep="")
+
+    def by_construction_table(self, digits: int = 3):
+        """The metrics that are 1 by construction for some generator (marked uninformative and left out of the
+        domain averages), one row per data set, metric and level, with the reason."""
+        t = self.table
+        out = t[~t["informative"].astype(bool)][["dataset", "metric", "level", "variables", "value", "note"]]
+        out = out.drop_duplicates(["dataset", "metric", "level"]).rename(columns={"variables": "variable"})
+        return out.style.hide(axis="index").format(precision=digits, na_rep="")
+
+    def validity_table(self, digits: int = 4) -> pd.DataFrame:
+        """Share of values outside the real range, one row per data set, one column per level and variable."""
+        t = self.table
+        return t[t["domain"] == "validity"].pivot_table(index="dataset", columns=["level", "variables"],
+                                                        values="value", sort=False).round(digits)
+
     def figure_marginals(self, dataset: str | None = None):
         from .figures import marginals
 
