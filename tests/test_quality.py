@@ -181,9 +181,15 @@ def test_evaluate_end_to_end(hsb, tmp_path):
     between_avg = s[(s.item == "between-table fidelity")].set_index("dataset").value
     assert between_avg["shuffled schools"] < between_avg["bootstrap"]
     assert {"label", "reference", "reference label"} <= set(s.columns)
+    import matplotlib.pyplot as plt
+
+    shown = rep.figure_marginals("bootstrap")
+    plt.close(shown)  # what a notebook's inline backend does after showing it
     out = rep.to_html(tmp_path / "q.html")
     text = out.read_text()
     assert "data:image/png;base64" in text and "ICC similarity" in text
+    assert text.count("data:image/png;base64") == 3 + 2 * 2  # scores, ICC, sizes; marginals + correlations each
+    assert rep.figure_marginals("bootstrap") is shown  # drawn once, embedded as shown
 
 
 def test_lmm_adapter_agrees_with_builtin():

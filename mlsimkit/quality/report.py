@@ -215,6 +215,7 @@ class QualityReport:
         self.settings = settings
         self.timings = timings
         self.table = self._aggregate(replicates, reference, boot, KEYS)
+        self._figures: dict = {}  # drawn once (see _figure)
 
     # -------------------------------------------------------------- tables
     @staticmethod
@@ -305,30 +306,40 @@ class QualityReport:
         return t[t["domain"] == "validity"].pivot_table(index="dataset", columns=["level", "variables"],
                                                         values="value", sort=False).round(digits)
 
+    def _figure(self, key: str, draw):
+        """The figure ``key``, drawn once: the notebook shows it and :meth:`to_html` embeds the same one (drawing
+        the marginals and correlations of every data set again took longer than computing the metrics)."""
+        if key not in self._figures:
+            self._figures[key] = draw()
+        return self._figures[key]
+
     def figure_marginals(self, dataset: str | None = None):
         from .figures import marginals
 
-        return marginals(self.real, self._first(dataset), dataset or next(iter(self.synthetic), ""))
+        name = dataset or next(iter(self.synthetic), "")
+        return self._figure(f"marginals: {name}", lambda: marginals(self.real, self._first(dataset), name))
 
     def figure_correlations(self, dataset: str | None = None):
         from .figures import correlations
 
-        return correlations(self.real, self._first(dataset), dataset or next(iter(self.synthetic), ""))
+        name = dataset or next(iter(self.synthetic), "")
+        return self._figure(f"correlations: {name}", lambda: correlations(self.real, self._first(dataset), name))
 
     def figure_cluster_sizes(self):
         from .figures import cluster_sizes
 
-        return cluster_sizes(self.real, {k: v[0] for k, v in self.synthetic.items()})
+        return self._figure("cluster sizes",
+                            lambda: cluster_sizes(self.real, {k: v[0] for k, v in self.synthetic.items()}))
 
     def figure_icc(self):
         from .figures import icc_plot
 
-        return icc_plot(self.table)
+        return self._figure("ICC real vs synthetic", lambda: icc_plot(self.table))
 
     def figure_scores(self):
         from .figures import score_bars
 
-        return score_bars(self.summary())
+        return self._figure("scores by domain", lambda: score_bars(self.summary()))
 
     def _first(self, dataset):
         if not self.synthetic:
