@@ -11,8 +11,9 @@ expected. What is checked:
   the right level, are numerical where they must be and are not keys;
 * under every profile (or the one asked for), the merged ``common`` + profile settings: ``seed``;
   ``generators`` (known names, settings the generator accepts, values it accepts); ``quality``;
-  ``simulation`` (``generator``, ``sources``, ``n_schools``, ``reps``, ``backend``, ``n_jobs``,
-  ``failure_policy``, ``max_fail_rate``); ``traditional`` (by the objective); ``ablation``;
+  ``simulation`` (``generator``, ``sources``, ``n_schools``, ``reps``, ``backend``, ``n_jobs``, ``scheduler``
+  and ``cluster`` (:mod:`mlsimkit.simulate.cluster`: only with backend dask, a well-formed address, a known
+  dask-jobqueue kind), ``failure_policy``, ``max_fail_rate``); ``traditional`` (by the objective); ``ablation``;
 * the data: the files exist and match the schema (:func:`mlsimkit.data.read_csv`).
 
 :func:`check` returns the problems, :func:`require` raises one :class:`~mlsimkit.errors.ParamsError` listing
@@ -33,8 +34,8 @@ from .errors import MlsimkitError, ParamsError
 TOP_KEYS = ("study", "title", "dataset", "schema", "objective", "stages", "model", "common", "profiles",
             "description")
 PARAM_KEYS = ("seed", "generators", "quality", "simulation", "traditional", "ablation", "trust_model_files")
-SIMULATION_KEYS = ("generator", "sources", "n_schools", "reps", "backend", "n_jobs", "failure_policy",
-                   "max_fail_rate")
+SIMULATION_KEYS = ("generator", "sources", "n_schools", "reps", "backend", "n_jobs", "scheduler", "cluster",
+                   "failure_policy", "max_fail_rate")
 ABLATION_KEYS = ("generator", "scenarios", "n_schools", "reps", "quality")
 ABLATION_QUALITY_KEYS = ("candidates", "efficacy")
 #: Settings every generator entry may carry besides its constructor's: ``generator`` (the kind, when the
@@ -290,6 +291,7 @@ def _check_quality(q: Any, profile: str, out: _Collector) -> None:
 
 
 def _check_simulation(sim: Any, gens: dict, objective, schema, model, profile: str, out: _Collector) -> None:
+    from .simulate.cluster import check_simulation as check_cluster_keys
     from .simulate.engine import BACKENDS, POLICIES
 
     if not isinstance(sim, dict):
@@ -328,6 +330,8 @@ def _check_simulation(sim: Any, gens: dict, objective, schema, model, profile: s
         out.add("simulation.backend", f"expected one of {list(BACKENDS)}, got {sim.get('backend')!r}", profile)
     if "n_jobs" in sim and not _int(sim["n_jobs"], 1):
         out.add("simulation.n_jobs", f"expected a positive integer, got {sim['n_jobs']!r}", profile)
+    for key, message in check_cluster_keys(sim):
+        out.add(key, message, profile)
     if sim.get("failure_policy", "record") not in POLICIES:
         out.add("simulation.failure_policy", f"expected one of {list(POLICIES)}, got {sim.get('failure_policy')!r}", profile)
     mf = sim.get("max_fail_rate", 0.5)

@@ -451,13 +451,15 @@ def simulate(study: Study, data: MultilevelData, *, which: str = "4-simulate", n
     design = {"n_schools": list(n_schools or sim["n_schools"])}
     srcs = source_list if source_list is not None else sources(study, data)
     results, truths = [], []
-    for src, (gen, methods, truth) in srcs.items():
-        res = _run_source(study, which, src, design, gen, methods, reps or sim["reps"], progress)
-        res.insert(0, "source", src)
-        results.append(res)
-        t = truth.rename(columns={"truth": "true_value"}).copy()
-        t.insert(0, "source", src)
-        truths.append(t)
+    with _scheduler(study) as scheduler:  # one cluster for every source (started once when params name one)
+        for src, (gen, methods, truth) in srcs.items():
+            res = _run_source(study, which, src, design, gen, methods, reps or sim["reps"], progress,
+                              scheduler=scheduler)
+            res.insert(0, "source", src)
+            results.append(res)
+            t = truth.rename(columns={"truth": "true_value"}).copy()
+            t.insert(0, "source", src)
+            truths.append(t)
     results = pd.concat(results, ignore_index=True)
     truth = pd.concat(truths, ignore_index=True)
     write_results(study, which, results, truth)
@@ -472,12 +474,23 @@ def write_results(study: Study, which: str, results: pd.DataFrame, truth: pd.Dat
         truth.to_csv(tmp, index=False)
 
 
-def _run_source(study, which, src, design, gen, methods, reps, progress):
+def _scheduler(study: Study):
+    """The Dask cluster ``simulation:`` names (``scheduler`` address or dask-jobqueue ``cluster`` spec; see
+    :mod:`mlsimkit.simulate.cluster`), as a context manager yielding run's ``scheduler`` (None: none named)."""
+    from .simulate.cluster import check_simulation, scheduler_for
+
+    problems = check_simulation(study["simulation"])
+    if problems:
+        raise ParamsError(f"file '{study.file}': " + "; ".join(f"key '{k}': {m}" for k, m in problems))
+    return scheduler_for(study["simulation"])
+
+
+def _run_source(study, which, src, design, gen, methods, reps, progress, scheduler=None):
     from .simulate import run
 
     sim = study["simulation"]
     res = run(design, gen, methods, reps=int(reps), seed=int(study["seed"]), backend=sim.get("backend", "serial"),
-              n_jobs=int(sim.get("n_jobs", 2)), store=study.path(which, src), progress=progress,
+              n_jobs=int(sim.get("n_jobs", 2)), scheduler=scheduler, store=study.path(which, src), progress=progress,
               failure_policy=sim.get("failure_policy", "record"), generator_id=src)
     stop_on_failures(res, src, float(sim.get("max_fail_rate", MAX_FAIL_RATE)), file=study.file)
     return res

@@ -41,6 +41,13 @@ def _delete(*keys):
     return edit
 
 
+def _paper_simulation(**settings):
+    """Add ``settings`` to the paper profile's simulation (the other profiles stay valid)."""
+    def edit(spec):
+        spec["profiles"]["paper"].setdefault("simulation", {}).update(settings)
+    return edit
+
+
 P, R = "hsb-prediction", "hsb-recovery"
 CASES = [  # (id, study, edit, key of the one problem, words of the message)
     ("unknown top-level key", P, _set("modle", value={}), "modle", "unknown top-level key"),
@@ -83,6 +90,24 @@ CASES = [  # (id, study, edit, key of the one problem, words of the message)
      "non-empty list"),
     ("unknown source", P, _set("common", "simulation", "sources", value=["best", "tradtional"]),
      "simulation.sources[1]", "unknown source"),
+    ("scheduler without backend dask", P, _set("common", "simulation", "scheduler", value="tcp://head:8786"),
+     "simulation.scheduler", "needs 'backend: dask'"),
+    ("scheduler address without a port", P, _paper_simulation(backend="dask", scheduler="head-node"),
+     "simulation.scheduler", "tcp://host:8786"),
+    ("scheduler address of an unknown protocol", P, _paper_simulation(backend="dask", scheduler="http://head:8786"),
+     "simulation.scheduler", "protocol 'http'"),
+    ("scheduler port out of range", P, _paper_simulation(backend="dask", scheduler="tcp://head:99999"),
+     "simulation.scheduler", "1..65535"),
+    ("scheduler and cluster", P, _paper_simulation(backend="dask", scheduler="tcp://head:8786",
+                                                   cluster={"kind": "slurm", "cores": 1, "memory": "4GB"}),
+     "simulation.scheduler", "not both"),
+    ("unknown cluster kind", P, _paper_simulation(backend="dask", cluster={"kind": "slurmm", "cores": 1, "memory": "4GB"}),
+     "simulation.cluster.kind", "dask-jobqueue"),
+    ("cluster memory not a size", P, _paper_simulation(backend="dask", cluster={"kind": "pbs", "cores": 2, "memory": 4}),
+     "simulation.cluster.memory", "'4GB'"),
+    ("cluster jobs not positive", P,
+     _paper_simulation(backend="dask", cluster={"kind": "slurm", "cores": 1, "memory": "4GB", "jobs": 0}),
+     "simulation.cluster.jobs", "positive integer"),
     ("failure threshold out of range", P, _set("common", "simulation", "max_fail_rate", value=1.5),
      "simulation.max_fail_rate", "[0, 1]"),
     ("unknown quality setting", P, _set("common", "quality", "n_synth", value=3), "quality.n_synth",
@@ -130,6 +155,17 @@ def test_bad_params_give_one_problem_naming_the_key(tmp_path, case):
     assert [p.key for p in problems] == [key], [str(p) for p in problems]
     assert words in problems[0].message and str(root / "params" / f"{study}.yml") in str(problems[0])
     assert took < 5, took
+
+
+def test_a_named_cluster_passes(tmp_path):
+    """A scheduler address (also IPv6 and tls) or a jobqueue spec with backend dask is fine; check does not need
+    dask-jobqueue installed (the run does)."""
+    for sim in ({"backend": "dask", "scheduler": "tcp://10.0.0.5:8786"},
+                {"backend": "dask", "scheduler": "tls://[::1]:8786"},
+                {"backend": "dask", "cluster": {"kind": "slurm", "cores": 4, "processes": 4, "memory": "16GiB",
+                                                "jobs": 10, "walltime": "01:00:00", "queue": "short"}}):
+        root = _project(tmp_path / str(len(list(tmp_path.iterdir()))), P, _paper_simulation(**sim))
+        assert C.check(P, "paper", root, data=False) == []
 
 
 def test_the_shipped_studies_pass():

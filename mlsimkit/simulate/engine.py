@@ -296,7 +296,12 @@ def _dask(tasks, n_jobs, scheduler):
     elif isinstance(scheduler, Client):
         client = scheduler
     elif isinstance(scheduler, str):
-        client = own_client = Client(scheduler)
+        try:
+            client = own_client = Client(scheduler)
+        except (OSError, TimeoutError) as err:
+            raise SimulationError(f"cannot reach the Dask scheduler at '{scheduler}' ({_fmt_exc(err)}); start it "
+                                  "(dask scheduler) and its workers (dask worker ADDRESS --nthreads 1), or fix "
+                                  "simulation.scheduler") from None
     elif hasattr(scheduler, "scheduler_address"):
         client = own_client = Client(scheduler)
     else:
@@ -421,7 +426,10 @@ def run(
         ``"serial"``; ``"loky"`` with ``n_jobs`` processes on this machine; ``"dask"``: ``scheduler`` is a
         Dask scheduler address (``"tcp://host:8786"``), a ``distributed.Client`` or a cluster; None starts a
         LocalCluster with ``n_jobs`` single-threaded worker processes.  loky and Dask need ``generate``
-        and ``analyse`` picklable (top-level functions or ``functools.partial``).
+        and ``analyse`` picklable (top-level functions or ``functools.partial``).  A Dask worker lost
+        mid-run (killed, pre-empted) costs nothing but time: its shards are recomputed on the others and
+        give the same rows.  A params file names the cluster under ``simulation:`` (``scheduler`` or
+        ``cluster``; :mod:`mlsimkit.simulate.cluster`).
     store
         Folder for the sharded Parquet results and manifest.  Rerunning with the same store resumes:
         complete shards are read, missing ones computed.  A store written for another design, seed,
@@ -465,6 +473,15 @@ def run(
         raise SimulationError(f"max_redraws must be a non-negative integer, got {max_redraws!r}")
     if not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
         raise SimulationError(f"n_jobs must be a positive integer, got {n_jobs!r}")
+    if scheduler is not None and backend != "dask":
+        raise SimulationError(f"scheduler is used by backend 'dask' only; got backend {backend!r}")
+    if isinstance(scheduler, str):
+        from .cluster import check_address
+
+        problem = check_address(scheduler)
+        if problem:
+            raise SimulationError(f"scheduler: {problem}")
+        scheduler = scheduler.strip()
     if not callable(generate):
         raise SimulationError(f"generate must be a callable generate(condition, rng), got {type(generate).__name__}")
     n_gen = _n_positional(generate, "generate")
