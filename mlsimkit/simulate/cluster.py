@@ -46,12 +46,15 @@ _ADDRESS = re.compile(rf"^(?P<proto>[A-Za-z]+)://(?P<host>{_HOST}):(?P<port>[0-9
 _MEMORY = re.compile(r"^\s*[0-9]+(?:\.[0-9]+)?\s*(?:[KMGTP]i?B|[kKMGTP])\s*$")
 
 
-def check_address(address: Any) -> str | None:
+def check_address(address: Any, *, inproc: bool = False) -> str | None:
     """None when ``address`` is a Dask scheduler address ``protocol://host:port`` (protocol one of
-    :data:`PROTOCOLS`, port 1..65535), else what is wrong with it."""
+    :data:`PROTOCOLS`, port 1..65535), else what is wrong with it. ``inproc``: also accept the in-process
+    addresses of a ``LocalCluster(processes=False)`` (``inproc://...``), meaningless in a params file."""
     expected = "expected a Dask scheduler address such as 'tcp://host:8786'"
     if not isinstance(address, str):
         return f"{expected}, got {address!r}"
+    if inproc and address.strip().startswith("inproc://"):
+        return None
     m = _ADDRESS.match(address.strip())
     if m is None:
         return f"{expected} (protocol://host:port), got {address!r}"

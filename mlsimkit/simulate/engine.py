@@ -478,7 +478,7 @@ def run(
     if isinstance(scheduler, str):
         from .cluster import check_address
 
-        problem = check_address(scheduler)
+        problem = check_address(scheduler, inproc=True)
         if problem:
             raise SimulationError(f"scheduler: {problem}")
         scheduler = scheduler.strip()
