@@ -185,3 +185,15 @@ class Logistic:
 
     def predict_proba1(self, X: np.ndarray) -> np.ndarray:
         return expit(self.decision_function(X))
+
+
+def no_overlap(X: np.ndarray, a: np.ndarray) -> bool:
+    """True when the treatment ``a`` is perfectly predicted by ``X``: a nearly unpenalised logistic fit
+    separates the arms completely (every treated unit's linear predictor above every control's), so the
+    maximum-likelihood propensity is 0 or 1 everywhere (Albert & Anderson 1984), or every fitted propensity
+    is within 1e-3 of 0 or 1."""
+    if X.shape[1] == 0:
+        return False
+    eta = Logistic(ridge=1e-4).fit(X, a).decision_function(X)
+    g = expit(eta)
+    return bool(eta[a == 1].min() > eta[a == 0].max() or np.all((g < 1e-3) | (g > 1 - 1e-3)))

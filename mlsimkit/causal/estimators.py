@@ -56,7 +56,7 @@ from scipy.stats import norm
 
 from ..errors import DataValidationError, ParamsError
 from ._design import (Encoder, Logistic, expit, group_codes, group_means, group_sums, independent_columns,
-                      logit, treatment_codes)
+                      logit, no_overlap, treatment_codes)
 
 ESTIMATORS = ("DiM", "OR", "IPW", "AIPW", "TMLE")
 VERSIONS = ("single", "multilevel")
@@ -165,12 +165,10 @@ def prepare(frame: pd.DataFrame, spec: CausalSpec) -> Prepared:
     if ps_multi.shape[1]:
         ps_multi = ps_multi[:, independent_columns(np.column_stack([np.ones((J, 1)), ps_multi]))[1:] - 1]
     prep = Prepared(y, a, codes, J, a_school, out_single, out_multi, ps_single, ps_multi, spec)
-    if ps_multi.shape[1]:
-        g = Logistic().fit(ps_multi, a_school).predict_proba1(ps_multi)
-        if np.all((g < 1e-3) | (g > 1 - 1e-3)):
-            raise DataValidationError(f"treatment column '{spec.treatment}' is perfectly predicted by the "
-                                      "school-level covariates (estimated propensity 0 or 1 in every school): "
-                                      "there is no overlap to estimate an effect from")
+    if no_overlap(ps_multi, a_school):
+        raise DataValidationError(f"treatment column '{spec.treatment}' is perfectly predicted by the "
+                                  "school-level covariates (estimated propensity 0 or 1 in every school): "
+                                  "there is no overlap to estimate an effect from")
     return prep
 
 

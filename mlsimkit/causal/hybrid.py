@@ -38,7 +38,8 @@ import pandas as pd
 from ..data import MultilevelData
 from ..errors import DataValidationError, ParamsError
 from ..generators.base import as_rng
-from ._design import Encoder, Logistic, expit, group_codes, group_means, independent_columns, treatment_codes
+from ._design import (Encoder, Logistic, expit, group_codes, group_means, independent_columns, no_overlap,
+                      treatment_codes)
 
 LEARNERS = ("lmm", "boosting")
 
@@ -145,8 +146,7 @@ class HybridGenerator:
         self.ps_keep_ = keep[keep > 0] - 1
         self.propensity_ = Logistic(ridge=self.ridge).fit(Zs[:, self.ps_keep_], a)
         eta = self.propensity_.decision_function(Zs[:, self.ps_keep_])
-        g = expit(eta)
-        if np.all((g < 1e-3) | (g > 1 - 1e-3)):
+        if no_overlap(Zs[:, self.ps_keep_], a):
             raise DataValidationError(f"treatment column '{self.treatment}' is perfectly predicted by the school "
                                       "covariates (propensity 0 or 1 in every real school): no overlap")
         self.logit_center_ = float(eta.mean())
