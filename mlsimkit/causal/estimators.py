@@ -328,10 +328,22 @@ def _variances(IF, codes, J, small_sample):
     return float(np.sqrt(v)), float(np.sqrt(np.sum(IF * IF) / n**2))
 
 
-def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
+def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, **settings) -> pd.DataFrame:
+    """All the estimators on one data set (see :func:`_estimate_ate` for the settings), with BLAS limited
+    to one thread: the arrays are small, and multi-threaded BLAS on a shared machine made one replication
+    5-10x slower in our measurements (1.1 s against 0.1 s at 160 schools; ``benchmarks/bench_causal.py``)."""
+    from ..lmm._model import single_thread_blas
+
+    with single_thread_blas():
+        return _estimate_ate(frame, spec, **settings)
+
+
+def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
                  versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
                  small_sample: bool = True, crossfit: str = "outcome") -> pd.DataFrame:
     """All the estimators on one data set, a tidy table with one row per (estimator, version).
+
+    Call it as :func:`estimate_ate` (same arguments).
 
     Parameters
     ----------
