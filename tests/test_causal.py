@@ -318,3 +318,22 @@ def test_hybrid_bad_input_names_the_column(hsb):
         HybridGenerator(treatment, outcome, learner="forest")
     with pytest.raises(MlsimkitError, match="overlap"):
         HybridGenerator(treatment, outcome, overlap=-1)
+
+
+def test_no_covariates_gives_unadjusted_estimates():
+    df = simulate(40, 5, 9)
+    res = estimate_ate(df, CausalSpec("A", "Y", "school"), crossfit="none")
+    dim = res.set_index(["estimator", "version"])["estimate"]
+    for est in ("OR", "IPW", "AIPW", "TMLE"):          # nothing to adjust for, in-sample fits: all are DiM
+        assert dim[(est, "single")] == pytest.approx(dim[("DiM", "unadjusted")], abs=1e-6)
+
+
+def test_hybrid_accepts_covariates_without_treatment_and_outcome(hsb):
+    treatment, outcome = _roles(hsb)
+    h = HybridGenerator(treatment, outcome, student=["SES"], school=["PRACAD"]).fit(hsb)
+    w = SchoolBootstrap().fit(hsb).sample(30, seed=3)
+    tables = {hsb.levels[-2]: w.parent.drop(columns=treatment), hsb.levels[-1]: w.child.drop(columns=outcome)}
+    data, truth = h.draw(MultilevelData(hsb.schema, tables, validate=False), seed=4)
+    checked = MultilevelData(hsb.schema, data.tables)      # valid data of the schema again
+    assert set(checked.parent[treatment].astype(str)) <= set(hsb.parent[treatment].astype(str))
+    assert np.isfinite(checked.child[outcome]).all() and truth["ATE"] == pytest.approx(h.beta_[1])
