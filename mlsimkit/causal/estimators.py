@@ -328,22 +328,10 @@ def _variances(IF, codes, J, small_sample):
     return float(np.sqrt(v)), float(np.sqrt(np.sum(IF * IF) / n**2))
 
 
-def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, **settings) -> pd.DataFrame:
-    """All the estimators on one data set (see :func:`_estimate_ate` for the settings), with BLAS limited
-    to one thread: the arrays are small, and multi-threaded BLAS on a shared machine made one replication
-    5-10x slower in our measurements (1.1 s against 0.1 s at 160 schools; ``benchmarks/bench_causal.py``)."""
-    from ..lmm._model import single_thread_blas
-
-    with single_thread_blas():
-        return _estimate_ate(frame, spec, **settings)
-
-
-def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
+def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
                  versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
                  small_sample: bool = True, crossfit: str = "outcome") -> pd.DataFrame:
     """All the estimators on one data set, a tidy table with one row per (estimator, version).
-
-    Call it as :func:`estimate_ate` (same arguments).
 
     Parameters
     ----------
@@ -363,11 +351,28 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
         literature); ``share_trimmed`` is the share of students whose propensity was bounded.
     alpha : 1 - the confidence level of the Wald intervals.
     seed : seeds the fold split (an int, SeedSequence or Generator).
+    small_sample : multiply the cluster-robust variance by J/(J-1) (default); ``False`` gives the plain
+        ``sum_j (sum_{i in j} IF_i)^2 / n^2``.
+
+    BLAS is limited to one thread while it runs: the arrays are small, and multi-threaded BLAS on a shared
+    machine made one replication 5-10x slower in our measurements (1.1 s against 0.1 s at 160 schools;
+    ``benchmarks/bench_causal.py``).
 
     Columns: ``estimator, version, parameter ("ATE"), estimate, se, ci_low, ci_high`` (cluster-robust),
     ``se_naive, ci_low_naive, ci_high_naive`` (i.i.d.), ``share_trimmed``, ``n``, ``n_clusters``,
     ``n_treated_clusters``, ``status``, ``fit_time``.
     """
+    from ..lmm._model import single_thread_blas
+
+    with single_thread_blas():
+        return _estimate_ate(frame, spec, estimators=estimators, versions=versions, folds=folds, bounds=bounds,
+                             alpha=alpha, seed=seed, small_sample=small_sample, crossfit=crossfit)
+
+
+def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
+                 versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
+                 small_sample: bool = True, crossfit: str = "outcome") -> pd.DataFrame:
+    """The body of :func:`estimate_ate`."""
     prep = frame if isinstance(frame, Prepared) else prepare(frame, spec)
     bad = [e for e in estimators if e not in ESTIMATORS]
     if bad:
