@@ -144,11 +144,15 @@ def test_tmle_fluctuation_solves_the_efficient_score():
     folds = school_folds(prep.a_school, 5, np.random.default_rng(0))
     nu = _crossfit(prep, "multilevel", folds, propensity=True)
     g = np.clip(nu["g"], 0.01, 0.99)
-    psi, IF = _tmle(prep, nu["Q1"], nu["Q0"], g)
-    assert abs(IF.mean()) < 1e-8 * np.abs(IF).max()     # the targeted fit solves mean(IF) = 0
     psi_a, IF_a = _aipw(prep, nu["Q1"], nu["Q0"], g)
     assert abs(IF_a.mean()) < 1e-10
-    assert abs(psi - psi_a) < 0.5                        # both target the same ATE
+    for fluct in ("weighted", "clever"):
+        psi, IF = _tmle(prep, nu["Q1"], nu["Q0"], g, fluct)
+        assert abs(IF.mean()) < 1e-8 * np.abs(IF).max()  # the targeted fit solves mean(IF) = 0
+        assert abs(psi - psi_a) < 0.5                    # both target the same ATE
+    assert _tmle(prep, nu["Q1"], nu["Q0"], g, "weighted")[0] != _tmle(prep, nu["Q1"], nu["Q0"], g, "clever")[0]
+    with pytest.raises(ParamsError, match="fluctuation"):
+        estimate_ate(df, CausalSpec(**COLUMNS), fluctuation="linear")
 
 
 def test_school_folds_stratified_and_grouped():

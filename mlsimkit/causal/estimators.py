@@ -10,8 +10,9 @@ contrast):
 ``IPW``    inverse probability weighting, Hajek (normalised, "stabilised") weights, propensities bounded
 ``AIPW``   augmented IPW (Robins, Rotnitzky & Zhao 1994; the efficient influence function as estimator)
 ``TMLE``   targeted maximum likelihood (van der Laan & Rubin 2006; Gruber & van der Laan 2010): the outcome
-           scaled to [0, 1] by its observed range, a logistic fluctuation along the clever covariate
-           H = A/g - (1-A)/(1-g), and the substitution estimator of the updated fit
+           scaled to [0, 1] by its observed range, a logistic fluctuation (by default the weighted one, per
+           arm with weights A/g and (1-A)/(1-g); optionally along the clever covariate
+           H = A/g - (1-A)/(1-g)), and the substitution estimator of the updated fit
 =========  ===========================================================================================
 
 Each adjusted estimator comes in two versions:
@@ -293,7 +294,30 @@ def _aipw(prep: Prepared, Q1, Q0, g):
     return psi, phi - psi
 
 
-def _tmle(prep: Prepared, Q1, Q0, g):
+def _newton_offset(ys, off, cov, w, iters=50):
+    """The epsilon of a quasi-binomial fit ``logit p = off + eps * cov`` with weights ``w`` (Newton)."""
+    eps = 0.0
+    for _ in range(iters):
+        p = expit(off + eps * cov)
+        step = np.sum(w * cov * (ys - p)) / max(np.sum(w * cov * cov * p * (1 - p)), 1e-300)
+        eps += step
+        if abs(step) < 1e-10:
+            break
+    return eps
+
+
+def _tmle(prep: Prepared, Q1, Q0, g, fluctuation: str = "weighted"):
+    """TMLE of the ATE with the outcome scaled to [0, 1] by its observed range (Gruber & van der Laan 2010).
+
+    ``fluctuation="clever"``: one epsilon along the clever covariate ``H = A/g - (1-A)/(1-g)``,
+    ``logit Q*(a) = logit Q(a) + eps H(a)``. ``"weighted"`` (default): per arm an intercept shift fitted with
+    weights ``A/g`` (``(1-A)/(1-g)``), ``logit Q*(a) = logit Q(a) + eps_a`` (the weighted fluctuation of
+    Robins, Sued, Lei-Gomez & Rotnitzky 2007, Statistical Science 22(4)); both solve the efficient score
+    equation ``sum_i H_i (Y_i - Q*(A_i)) = 0``, but the weighted one cannot bend single predictions towards
+    0 or 1 when some weights are extreme. On HSB hybrid draws with weak overlap (overlap 1, a third of the
+    students' propensities truncated) it cut TMLE's RMSE from 1.3-1.5 to 0.6 and raised its coverage from
+    0.38-0.44 to 0.76-0.80 (100 replications of 160 schools).
+    """
     a, y = prep.a, prep.y
     lo, hi = y.min(), y.max()
     span = hi - lo
@@ -303,18 +327,16 @@ def _tmle(prep: Prepared, Q1, Q0, g):
     q0 = np.clip((Q0 - lo) / span, b, 1 - b)
     H1, H0 = 1.0 / g, -1.0 / (1 - g)
     H = np.where(a == 1, H1, H0)
-    off = logit(np.where(a == 1, q1, q0))
-    eps = 0.0
-    for _ in range(50):  # Newton on the one-parameter quasi-binomial log-likelihood
-        p = expit(off + eps * H)
-        score = np.sum(H * (ys - p))
-        info = np.sum(H * H * p * (1 - p))
-        step = score / max(info, 1e-300)
-        eps += step
-        if abs(step) < 1e-10:
-            break
-    q1s = expit(logit(q1) + eps * H1)
-    q0s = expit(logit(q0) + eps * H0)
+    if fluctuation == "clever":
+        eps = _newton_offset(ys, logit(np.where(a == 1, q1, q0)), H, np.ones_like(ys))
+        q1s = expit(logit(q1) + eps * H1)
+        q0s = expit(logit(q0) + eps * H0)
+    elif fluctuation == "weighted":
+        one = np.ones_like(ys)
+        q1s = expit(logit(q1) + _newton_offset(ys, logit(q1), one, a / g))
+        q0s = expit(logit(q0) + _newton_offset(ys, logit(q0), one, (1 - a) / (1 - g)))
+    else:
+        raise ParamsError(f"parameter 'fluctuation': expected 'weighted' or 'clever', got {fluctuation!r}")
     qas = np.where(a == 1, q1s, q0s)
     psi_s = np.mean(q1s - q0s)
     IF = span * (H * (ys - qas) + q1s - q0s - psi_s)
@@ -330,7 +352,8 @@ def _variances(IF, codes, J, small_sample):
 
 def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
                  versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
-                 small_sample: bool = True, crossfit: str = "outcome") -> pd.DataFrame:
+                 small_sample: bool = True, crossfit: str = "outcome",
+                 fluctuation: str = "weighted") -> pd.DataFrame:
     """All the estimators on one data set, a tidy table with one row per (estimator, version).
 
     Parameters
@@ -353,6 +376,7 @@ def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None,
     seed : seeds the fold split (an int, SeedSequence or Generator).
     small_sample : multiply the cluster-robust variance by J/(J-1) (default); ``False`` gives the plain
         ``sum_j (sum_{i in j} IF_i)^2 / n^2``.
+    fluctuation : TMLE's fluctuation, ``"weighted"`` (default) or ``"clever"`` (see :func:`_tmle`).
 
     BLAS is limited to one thread while it runs: the arrays are small, and multi-threaded BLAS on a shared
     machine made one replication 5-10x slower in our measurements (1.1 s against 0.1 s at 160 schools;
@@ -366,12 +390,14 @@ def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None,
 
     with single_thread_blas():
         return _estimate_ate(frame, spec, estimators=estimators, versions=versions, folds=folds, bounds=bounds,
-                             alpha=alpha, seed=seed, small_sample=small_sample, crossfit=crossfit)
+                             alpha=alpha, seed=seed, small_sample=small_sample, crossfit=crossfit,
+                             fluctuation=fluctuation)
 
 
 def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
                  versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
-                 small_sample: bool = True, crossfit: str = "outcome") -> pd.DataFrame:
+                 small_sample: bool = True, crossfit: str = "outcome",
+                 fluctuation: str = "weighted") -> pd.DataFrame:
     """The body of :func:`estimate_ate`."""
     prep = frame if isinstance(frame, Prepared) else prepare(frame, spec)
     bad = [e for e in estimators if e not in ESTIMATORS]
@@ -398,6 +424,8 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
     if "DiM" in estimators:
         t0 = time.perf_counter()
         add("DiM", "unadjusted", *_dim(prep), np.nan, t0)
+    if fluctuation not in ("weighted", "clever"):
+        raise ParamsError(f"parameter 'fluctuation': expected 'weighted' or 'clever', got {fluctuation!r}")
     if crossfit not in ("outcome", "all", "none"):
         raise ParamsError(f"parameter 'crossfit': expected 'outcome', 'all' or 'none', got {crossfit!r}")
     need_cf = any(e in estimators for e in ("IPW", "AIPW", "TMLE"))
@@ -417,7 +445,7 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
         g = np.clip(g_raw, lo_b, hi_b)
         t_nu = time.perf_counter() - t0
         for name, fn in (("IPW", lambda: _ipw(prep, g)), ("AIPW", lambda: _aipw(prep, nu["Q1"], nu["Q0"], g)),
-                         ("TMLE", lambda: _tmle(prep, nu["Q1"], nu["Q0"], g))):
+                         ("TMLE", lambda: _tmle(prep, nu["Q1"], nu["Q0"], g, fluctuation))):
             if name in estimators:
                 t1 = time.perf_counter() - t_nu
                 add(name, version, *fn(), share, t1)
