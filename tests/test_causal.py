@@ -341,3 +341,21 @@ def test_hybrid_accepts_covariates_without_treatment_and_outcome(hsb):
     checked = MultilevelData(hsb.schema, data.tables)      # valid data of the schema again
     assert set(checked.parent[treatment].astype(str)) <= set(hsb.parent[treatment].astype(str))
     assert np.isfinite(checked.child[outcome]).all() and truth["ATE"] == pytest.approx(h.beta_[1])
+
+
+def test_overlap_table_weak_and_strong_overlap():
+    from mlsimkit.causal import overlap_table
+
+    spec = CausalSpec(**COLUMNS)
+    weak, strong = simulate(120, 6, 10, overlap=4.0), simulate(120, 6, 10, overlap=0.0)
+    tw, ts = overlap_table(weak, spec), overlap_table(strong, spec)
+    assert list(tw["arm"]) == ["treated", "control"]
+    assert (tw["ess_share"] < ts["ess_share"]).all()
+    assert (ts["ess_share"] > 0.9).all()                 # randomised: weights nearly constant
+    assert tw["n_students"].sum() == len(weak) and tw["n_schools"].sum() == 120
+    # the per-arm shares bounded add up to the estimators' share_trimmed (same propensity fit)
+    res = estimate_ate(weak, spec, estimators=("IPW",), versions=("multilevel",), bounds=(0.05, 0.95))
+    tb = overlap_table(weak, spec, bounds=(0.05, 0.95))
+    total = (tb["share_trimmed"] * tb["n_students"]).sum() / tb["n_students"].sum()
+    assert res.iloc[0]["share_trimmed"] == pytest.approx(total)
+    assert total > 0

@@ -450,3 +450,43 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
                 t1 = time.perf_counter() - t_nu
                 add(name, version, *fn(), share, t1)
     return pd.DataFrame(rows)
+
+
+# ============================================================================ overlap diagnostics
+def overlap_table(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, version: str = "multilevel",
+                  bounds=(0.01, 0.99)) -> pd.DataFrame:
+    """Overlap diagnostics of the propensity (fitted on all the data, as the estimators use it by default).
+
+    One row per arm (``treated``, ``control``): the numbers of schools and students, quantiles of the
+    students' propensities, the share of students whose propensity lies outside ``bounds`` (the estimators'
+    ``share_trimmed``, per arm), and Kish's effective sample size of the arm's inverse-probability weights,
+    ``(sum w)^2 / sum w^2`` with ``w = 1/g`` (treated) or ``1/(1-g)`` (control), absolute and as a share of
+    the arm's students.
+    """
+    if version not in VERSIONS:
+        raise ParamsError(f"parameter 'version': expected one of {list(VERSIONS)}, got {version!r}")
+    prep = frame if isinstance(frame, Prepared) else prepare(frame, spec)
+    lo_b, hi_b = map(float, bounds)
+    with _blas1():
+        if version == "single":
+            g = Logistic().fit(prep.ps_single, prep.a).predict_proba1(prep.ps_single)
+        else:
+            g = Logistic().fit(prep.ps_multi, prep.a_school).predict_proba1(prep.ps_multi)[prep.codes]
+    rows = []
+    for arm, name in ((1.0, "treated"), (0.0, "control")):
+        m = prep.a == arm
+        ga = g[m]
+        w = 1 / ga if arm == 1 else 1 / (1 - ga)
+        ess = float(w.sum() ** 2 / np.sum(w * w))
+        q = np.quantile(ga, [0, 0.05, 0.5, 0.95, 1])
+        rows.append({"arm": name, "version": version, "n_schools": int(np.sum(prep.a_school == arm)),
+                     "n_students": int(m.sum()), "g_min": q[0], "g_q05": q[1], "g_median": q[2], "g_q95": q[3],
+                     "g_max": q[4], "share_trimmed": float(np.mean((ga < lo_b) | (ga > hi_b))), "ess": ess,
+                     "ess_share": ess / m.sum()})
+    return pd.DataFrame(rows)
+
+
+def _blas1():
+    from ..lmm._model import single_thread_blas
+
+    return single_thread_blas()
