@@ -1,0 +1,227 @@
+"""Objective ``causal`` (Demonstration 3, issue 13): choosing an estimator of a school-level treatment effect
+on hybrid synthetic data with an exact truth.
+
+The params file declares the roles and the estimators under ``model:``::
+
+    model:
+      treatment: t                # school-level binary column (its treated value: ``treated``, optional)
+      outcome: y                  # numerical student-level column
+      student: [x1, x2]           # student covariates W (of the nuisance models, real and estimated)
+      school: [w1, w2]            # school covariates W
+      learner: lmm                # the hybrid's outcome model (only lmm here: its ATE is a constant, exact)
+      overlap: 1.0                # the hybrid's overlap knob (mlsimkit.causal.hybrid)
+      ridge: 1.0                  # penalty of the hybrid's propensity
+      estimators: [DiM, OR, IPW, AIPW, TMLE]
+      versions: [single, multilevel]
+      folds: 5                    # cross-fitting folds, grouped by school
+      crossfit: outcome           # outcome | all | none (mlsimkit.causal.estimators.estimate_ate)
+      bounds: [0.01, 0.99]        # propensity truncation
+      alpha: 0.05
+
+Every trained generator is a source: its sample supplies W, and the hybrid generator
+(:class:`~mlsimkit.causal.hybrid.HybridGenerator`, fitted once on the real data in :func:`prepare`) draws the
+treatment and the outcome. The truth is the hybrid outcome model's exact ATE (its treatment coefficient).
+Methods are named ``"<estimator> (<version>)"``; each row's parameter is ``ATE``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+
+from ..schema import Schema
+from ..tables import value_mcse
+from . import _columns as C
+
+MODEL_KEYS = ("treatment", "treated", "outcome", "student", "school", "learner", "overlap", "ridge", "estimators",
+              "versions", "folds", "crossfit", "bounds", "alpha")
+SOURCES = ()
+MEASURES = ("bias", "empse", "rmse", "modelse", "relerror", "coverage", "fail_rate")
+ABLATION_MEASURES = ("bias", "rmse", "coverage")
+
+
+# ============================================================================ params
+def check_model(model, schema: Schema) -> list[tuple[str, str]]:
+    """Problems of the ``model:`` mapping against ``schema`` (see the module docstring)."""
+    from ..causal.estimators import ESTIMATORS, VERSIONS
+
+    if not isinstance(model, dict):
+        return [("model", "expected a mapping with keys " + ", ".join(MODEL_KEYS))]
+    out = C.unknown_keys("model", model, MODEL_KEYS)
+    for key, level, numeric in (("treatment", "school", False), ("outcome", "student", True)):
+        if key not in model:
+            out.append((f"model.{key}", f"required: the {level}-level {key} column"))
+        else:
+            out += C.column(schema, f"model.{key}", model[key], level, numeric=numeric)
+    if isinstance(model.get("treatment"), str) and C.level_of_column(schema, model["treatment"]) == "school":
+        col = schema.column(model["treatment"])
+        if col.kind != "binary" and not (col.is_numerical and col.min == 0 and col.max == 1):
+            out.append(("model.treatment", f"column {model['treatment']!r} is {col.kind}; expected a binary column"))
+        elif "treated" in model and col.levels and str(model["treated"]) not in col.levels:
+            out.append(("model.treated", f"{model['treated']!r} is not a level of {model['treatment']!r} "
+                                         f"({list(col.levels)})"))
+    out += C.column_list(schema, "model.student", model.get("student"), "student")
+    out += C.column_list(schema, "model.school", model.get("school"), "school")
+    if model.get("outcome") in (model.get("student") or []):
+        out.append(("model.student", f"the outcome {model['outcome']!r} cannot also be a covariate"))
+    if model.get("treatment") in (model.get("school") or []):
+        out.append(("model.school", f"the treatment {model['treatment']!r} cannot also be a covariate"))
+    if model.get("learner", "lmm") != "lmm":
+        out.append(("model.learner", "the causal objective's simulations use 'lmm' (a constant, exact truth); "
+                                     f"got {model.get('learner')!r}"))
+    for key in ("overlap", "ridge"):
+        v = model.get(key, 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            out.append((f"model.{key}", f"expected a number >= 0, got {v!r}"))
+    for key, allowed in (("estimators", ESTIMATORS), ("versions", VERSIONS)):
+        v = model.get(key, list(allowed))
+        if not isinstance(v, list) or not v or any(x not in allowed for x in v):
+            out.append((f"model.{key}", f"expected a non-empty list of {list(allowed)}, got {v!r}"))
+    f = model.get("folds", 5)
+    if isinstance(f, bool) or not isinstance(f, int) or f < 2:
+        out.append(("model.folds", f"expected an integer >= 2, got {f!r}"))
+    if model.get("crossfit", "outcome") not in ("outcome", "all", "none"):
+        out.append(("model.crossfit", f"expected 'outcome', 'all' or 'none', got {model.get('crossfit')!r}"))
+    b = model.get("bounds", [0.01, 0.99])
+    if not (isinstance(b, list) and len(b) == 2 and all(isinstance(x, (int, float)) for x in b)
+            and 0 <= b[0] < 0.5 < b[1] <= 1):
+        out.append(("model.bounds", f"expected [low, high] with 0 <= low < 0.5 < high <= 1, got {b!r}"))
+    alpha = model.get("alpha", 0.05)
+    if not isinstance(alpha, float) or not 0 < alpha < 1:
+        out.append(("model.alpha", f"expected a number in (0, 1), got {alpha!r}"))
+    return out
+
+
+def check_traditional(settings) -> list[tuple[str, str]]:
+    """The causal objective has no traditional design."""
+    return [] if not settings else [("traditional", "the causal objective has no traditional design; remove it")]
+
+
+def spec(study) -> dict:
+    """The ``model:`` mapping with defaults filled in."""
+    m = dict(study.spec["model"])
+    m.setdefault("student", [])
+    m.setdefault("school", [])
+    return m
+
+
+def _causal_spec(m: dict, cluster: str):
+    from ..causal import CausalSpec
+
+    return CausalSpec(m["treatment"], m["outcome"], cluster, student=tuple(m["student"]), school=tuple(m["school"]),
+                      treated=m.get("treated"))
+
+
+# ============================================================================ Stage 4
+def prepare(study, data) -> dict:
+    """The hybrid generator's nuisance models, fitted once on the real data."""
+    from ..causal.hybrid import HybridGenerator
+
+    m = spec(study)
+    h = HybridGenerator(m["treatment"], m["outcome"], treated=m.get("treated"), student=m["student"],
+                        school=m["school"], learner="lmm", overlap=float(m.get("overlap", 1.0)),
+                        ridge=float(m.get("ridge", 1.0))).fit(data)
+    return {"hybrid": h, "cluster": data.cluster_key}
+
+
+def causal_generate(condition, rng, *, hybrid, generator_path: str):
+    """``n_schools`` schools: covariates from the saved generator, treatment and outcome from ``hybrid``."""
+    from ..demonstrations import _n_schools, _resolve_generator
+
+    gen = _resolve_generator(None, generator_path)
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    w = gen.sample(_n_schools(condition), seed=rng)
+    return hybrid.draw(w, rng)[0]
+
+
+def analyse_causal(condition, data, rng, *, spec, estimator: str, version: str, settings: dict) -> list[dict]:
+    """One estimator (one version) on one data set: the row of the ATE."""
+    from ..causal import estimate_ate
+
+    res = estimate_ate(data.join_as_one(), spec, estimators=(estimator,),
+                       versions=(version,) if estimator != "DiM" else (), seed=rng, **settings)
+    r = res.iloc[0]
+    return [{"parameter": "ATE", "estimate": r["estimate"], "se": r["se"], "ci_lower": r["ci_low"],
+             "ci_upper": r["ci_high"], "se_naive": r["se_naive"], "ci_lower_naive": r["ci_low_naive"],
+             "ci_upper_naive": r["ci_high_naive"], "share_trimmed": r["share_trimmed"]}]
+
+
+def methods(m: dict, cluster: str) -> dict:
+    """``{"<estimator> (<version>)": analyse}`` picklable partials."""
+    cs = _causal_spec(m, cluster)
+    settings = {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
+                "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome")}
+    out = {}
+    for est in m.get("estimators", ["DiM", "OR", "IPW", "AIPW", "TMLE"]):
+        for ver in (["unadjusted"] if est == "DiM" else m.get("versions", ["single", "multilevel"])):
+            out[f"{est} ({ver})"] = functools.partial(analyse_causal, spec=cs, estimator=est, version=ver,
+                                                      settings=settings)
+    return out
+
+
+def source(study, data, name: str, path=None, fixed=None) -> tuple:
+    """``(generate, methods, truth)`` of a saved generator (the covariate source)."""
+    fixed = fixed or prepare(study, data)
+    h = fixed["hybrid"]
+    ate = float(h.beta_[1])  # the treatment coefficient of the linear outcome model: the exact ATE (and ATT)
+    truth = pd.DataFrame({"parameter": ["ATE"], "truth": [ate]})
+    return (functools.partial(causal_generate, hybrid=h, generator_path=str(path)),
+            methods(spec(study), fixed["cluster"]), truth)
+
+
+# ============================================================================ Stage 5
+def level_of_parameters(study) -> dict:
+    return {"ATE": "school"}
+
+
+def tables(study, summary: pd.DataFrame) -> dict:
+    """Bias, RMSE and coverage (MCSE) by method and number of schools, per source."""
+    out = {}
+    d = summary[summary["measure"].isin(["bias", "rmse", "coverage"])].copy()
+    d["cell"] = value_mcse(d, 3)
+    for src, sub in d.groupby("source", sort=False):
+        out[f"ATE, {src}"] = sub.pivot_table(index=["measure", "method"], columns="n_schools", values="cell",
+                                             aggfunc="first", sort=False)
+    return out
+
+
+def figures(study, summary: pd.DataFrame) -> dict:
+    """Bias and RMSE by number of schools, with MCSE bars, one line per method."""
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for src, sub in summary.groupby("source", sort=False):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        for ax, meas in zip(axes, ("bias", "rmse", "coverage")):
+            for meth, ms in sub[sub["measure"] == meas].groupby("method", sort=False):
+                ms = ms.sort_values("n_schools")
+                ax.errorbar(ms["n_schools"], ms["value"], yerr=ms["mcse"], marker="o", capsize=2, label=meth)
+            ax.axhline(0.95 if meas == "coverage" else 0.0, color="grey", lw=0.8, ls="--")
+            ax.set_xscale("log")
+            ax.set_xlabel("number of schools")
+            ax.set_title(meas)
+        axes[-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"ATE estimators on hybrid data ({src})")
+        fig.tight_layout()
+        out[f"ATE, {src}"] = fig
+    return out
+
+
+def findings(study, summary: pd.DataFrame) -> str:
+    """Per source, at the largest design: the method with the smallest RMSE and each method's coverage."""
+    lines = []
+    for src, sub in summary.groupby("source", sort=False):
+        nmax = sub["n_schools"].max()
+        top = sub[sub["n_schools"] == nmax]
+        rm = top[top["measure"] == "rmse"].sort_values("value")
+        if len(rm):
+            best = rm.iloc[0]
+            lines.append(f"- **{src}**, {nmax} schools: smallest RMSE {best['method']} {best['value']:.3f} "
+                         f"({best['mcse']:.3f}).")
+        cov = top[top["measure"] == "coverage"]
+        if len(cov):
+            lines.append("  - coverage: " + "; ".join(f"{r.method} {r.value:.3f} ({r.mcse:.3f})"
+                                                      for r in cov.itertuples()) + ".")
+    return "\n".join(lines)
