@@ -4,7 +4,8 @@ The runner (:mod:`mlsimkit.runner`) records each stage notebook's start and wall
 ``runs/<study>/<profile>/timings.json`` (:func:`record`); the last stage's page ends with
 :func:`cost_table`, so a reader of the book (or of a fork's book) sees what the numbers on its pages cost on
 the machine that produced them. The stage that shows the table is still running: its time is given as
-"so far". Counts come from the stages' files, not from settings: data sets are distinct (source, number of
+"so far". :func:`section` is what a stage page shows: the table on the study's last stage, a pointer to
+it on the others. Counts come from the stages' files, not from settings: data sets are distinct (source, number of
 schools, replication) triples in the simulation results, fits are result rows of distinct (data set,
 method), failed and fallback fits included; a Stage 6 scenario whose rows are Stage 4's
 (:func:`mlsimkit.workflow.stage4_rows`) is not counted twice.
@@ -108,3 +109,15 @@ def cost_table(study, now: float | None = None) -> pd.DataFrame:
     out = pd.concat([out, pd.DataFrame([{"stage": "total", "seconds": total, "data sets": out["data sets"].sum(min_count=1),
                                          "fits": out["fits"].sum(min_count=1), "note": ""}])], ignore_index=True)
     return out.astype({"data sets": "Int64", "fits": "Int64"})
+
+
+def section(study, page: str):
+    """What the page of stage ``page`` shows under "What this build cost": on the study's last stage, the
+    cost table with the machine as its caption; on other stages, one sentence naming the page that has it."""
+    from IPython.display import Markdown
+
+    last = study.stages[-1]
+    if page != last:
+        return Markdown(f"The cost of the whole build of this study is at the end of its last stage, *{last}*.")
+    return (cost_table(study).style.hide(axis="index").format(precision=1, na_rep="")
+            .set_caption(f"Machine: {machine()}."))

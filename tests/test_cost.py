@@ -66,3 +66,10 @@ def test_cost_table_without_records_shows_no_times(study):
 def test_machine_names_cores_and_gpu():
     text = cost.machine()
     assert "cores available" in text and "GPU:" in text
+
+
+def test_section_shows_the_table_on_the_last_stage_only(study):
+    table = cost.section(study, study.stages[-1])
+    assert "Machine:" in table.caption and "stage" in table.data.columns
+    pointer = cost.section(study, "5-evaluate")
+    assert study.stages[-1] == "6-robustness" and "*6-robustness*" in pointer.data
