@@ -359,3 +359,58 @@ def test_overlap_table_weak_and_strong_overlap():
     total = (tb["share_trimmed"] * tb["n_students"]).sum() / tb["n_students"].sum()
     assert res.iloc[0]["share_trimmed"] == pytest.approx(total)
     assert total > 0
+
+
+# ============================================================================ small designs (issue 13, Stage 4 failures)
+def test_fold_with_a_collinear_school_column_fits_and_reports_the_drop():
+    """A school column that is zero outside one fold is constant zero in the other folds' training rows: the
+    multilevel outcome model drops it there (LMMIdentificationError before) and says so in ``dropped``."""
+    df = simulate(30, 6, 21)
+    spec = CausalSpec(**dict(COLUMNS, school=("Z1", "Z2", "Z2sq", "Zc")))
+    prep0 = prepare(df.assign(Zc=0.0), CausalSpec(**COLUMNS))
+    fold = school_folds(prep0.a_school, 5, np.random.default_rng(4))   # estimate_ate's folds with seed=4
+    school = df["school"].astype(int).to_numpy()
+    df["Zc"] = np.where(fold[school] == 0, df["Z1"] ** 3 + 1.0, 0.0)
+    prep = prepare(df, spec)
+    assert prep.dropped_multi == 0 and prep.out_multi.shape[1] == prep0.out_multi.shape[1] + 1
+    res = estimate_ate(df, spec, versions=("single", "multilevel"), folds=5, seed=4)
+    assert (res["status"] == "ok").all() and np.isfinite(res["estimate"]).all()
+    r = res.set_index(["estimator", "version"])
+    for name in ("AIPW", "TMLE"):
+        assert r.loc[(name, "multilevel"), "dropped"] >= 1
+        assert r.loc[(name, "single"), "dropped"] >= 1
+    assert r.loc[("OR", "multilevel"), "dropped"] == 0              # all the data: nothing to drop
+    # a column collinear on all the data is dropped there too, and reported
+    both = estimate_ate(df.assign(Z1b=2 * df["Z1"] - 1), CausalSpec(**dict(COLUMNS, school=("Z1", "Z2", "Z2sq", "Z1b"))),
+                        estimators=("OR",), versions=("multilevel",))
+    assert both.iloc[0]["dropped"] == 1
+
+
+def test_separated_simulated_data_give_finite_estimates_and_dim_is_unaffected():
+    df = simulate(40, 6, 22)
+    df["A"] = (df["Z1"] > 0).astype(float)                # deterministic: complete separation
+    spec = CausalSpec(**COLUMNS)
+    with pytest.raises(DataValidationError, match="perfectly predicted"):
+        prepare(df, spec)                                 # the up-front check of real data still raises
+    res = estimate_ate(df, spec, check_overlap=False, seed=1)
+    assert len(res) == 9 and (res["status"] == "ok").all()
+    assert np.isfinite(res[["estimate", "se", "ci_low", "ci_high"]].to_numpy()).all()
+    adj = res[res["estimator"].isin(["IPW", "AIPW", "TMLE"])]
+    assert (adj["share_trimmed"] > 0).all()
+    dim = res[res["estimator"] == "DiM"].iloc[0]
+    a = df["A"].to_numpy() == 1
+    assert dim["estimate"] == pytest.approx(df["Y"][a].mean() - df["Y"][~a].mean())
+    alone = estimate_ate(df, spec, estimators=("DiM",), versions=(), check_overlap=False)
+    assert alone.iloc[0]["estimate"] == dim["estimate"] and alone.iloc[0]["se"] == dim["se"]
+
+
+def test_propensity_ridge_shrinks_towards_the_base_rate_and_is_validated():
+    df = simulate(40, 6, 22)
+    df["A"] = (df["Z1"] > 0).astype(float)
+    spec = CausalSpec(**COLUMNS)
+    kw = dict(estimators=("IPW",), versions=("multilevel",), check_overlap=False, bounds=(0.0, 1.0))
+    soft = estimate_ate(df, spec, ridge=1.0, **kw).iloc[0]
+    hard = estimate_ate(df, spec, ridge=1e-6, **kw).iloc[0]
+    assert soft["estimate"] != hard["estimate"]
+    with pytest.raises(ParamsError, match="ridge"):
+        estimate_ate(df, spec, ridge=-1.0, **kw)

@@ -46,3 +46,24 @@ def test_check_model_names_the_key(setup):
     keys = [k for k, _ in obj.check_model(model, data.schema)]
     assert "model.treatment" in keys and "model.learner" in keys and "model.bounds" in keys
     assert obj.check_model(st.spec["model"], data.schema) == []
+
+
+def test_real_data_without_overlap_fails_up_front_and_replications_skip_the_check(setup):
+    """A treatment that is a deterministic function of the school covariates fails in the objective's
+    prepare (before any simulation); the per-replication methods skip that check and use the model's ridge."""
+    from mlsimkit.data import MultilevelData
+    from mlsimkit.errors import DataValidationError
+
+    st, data, _ = setup
+    obj = objectives.get("causal")
+    tables = {k: v.copy() for k, v in data.tables.items()}
+    parent = tables[data.schema.levels[0]]
+    cat = parent["Sector"].cat.categories
+    parent["Sector"] = pd.Categorical(np.where(parent["PRACAD"] > parent["PRACAD"].median(), cat[1], cat[0]),
+                                      categories=cat)
+    bad = MultilevelData(data.schema, tables)
+    with pytest.raises(DataValidationError, match="'Sector' is perfectly predicted"):
+        obj.prepare(st, bad)
+    m = obj.spec(st)
+    settings = obj.methods(m, data.cluster_key)["AIPW (multilevel)"].keywords["settings"]
+    assert settings["check_overlap"] is False and settings["ridge"] == float(m["ridge"])

@@ -106,6 +106,8 @@ class Prepared:
     ps_single: np.ndarray         # propensity design, rows
     ps_multi: np.ndarray          # propensity design, one row per school
     spec: CausalSpec = field(repr=False)
+    dropped_single: int = 0       # outcome-design columns dropped as collinear or constant (all the data)
+    dropped_multi: int = 0
 
 
 def _independent(X: np.ndarray, spec: CausalSpec, what: str) -> np.ndarray:
@@ -116,13 +118,18 @@ def _independent(X: np.ndarray, spec: CausalSpec, what: str) -> np.ndarray:
     return X[:, keep]
 
 
-def prepare(frame: pd.DataFrame, spec: CausalSpec) -> Prepared:
+def prepare(frame: pd.DataFrame, spec: CausalSpec, check_overlap: bool = True) -> Prepared:
     """Validate ``frame`` for ``spec`` and build the design arrays.
 
     Errors (:class:`~mlsimkit.errors.DataValidationError`, naming the column): a missing column, a
     treatment that is not binary, varies within a school, or leaves fewer than two treated or two control
-    schools; a non-numeric or missing outcome; a treatment perfectly predicted by the school-level
-    covariates (estimated propensity 0 or 1 for every school: no overlap).
+    schools; a non-numeric or missing outcome; with ``check_overlap`` (default), a treatment perfectly
+    predicted by the school-level covariates (estimated propensity 0 or 1 for every school: no overlap).
+
+    ``check_overlap=False`` is for simulated replications of a design already checked on the real data
+    (:func:`mlsimkit.objectives.causal.prepare`): with few schools and several school-level covariates a
+    draw is often separated by chance; the ridge-penalised propensity then stays finite, the bounds cap it
+    (``share_trimmed``), and the difference in means never needs it.
     """
     for role in ("treatment", "outcome", "cluster"):
         c = getattr(spec, role)
@@ -155,8 +162,10 @@ def prepare(frame: pd.DataFrame, spec: CausalSpec) -> Prepared:
     o_st, o_sc = spec.covariates("outcome")
     S, C = enc(o_st), enc(o_sc)
     Sbar = group_means(S, codes, J)[codes] if S.shape[1] else S
-    out_single = _independent(np.column_stack([ones, a, S, C]), spec, "outcome")
-    out_multi = _independent(np.column_stack([ones, a, S, Sbar, C]), spec, "outcome")
+    full_single = np.column_stack([ones, a, S, C])
+    full_multi = np.column_stack([ones, a, S, Sbar, C])
+    out_single = _independent(full_single, spec, "outcome")
+    out_multi = _independent(full_multi, spec, "outcome")
     p_st, p_sc = spec.covariates("propensity")
     S, C = enc(p_st), enc(p_sc)
     ps_single = np.column_stack([S, C])
@@ -165,8 +174,9 @@ def prepare(frame: pd.DataFrame, spec: CausalSpec) -> Prepared:
         if ps_single.shape[1] else ps_single
     if ps_multi.shape[1]:
         ps_multi = ps_multi[:, independent_columns(np.column_stack([np.ones((J, 1)), ps_multi]))[1:] - 1]
-    prep = Prepared(y, a, codes, J, a_school, out_single, out_multi, ps_single, ps_multi, spec)
-    if no_overlap(ps_multi, a_school):
+    prep = Prepared(y, a, codes, J, a_school, out_single, out_multi, ps_single, ps_multi, spec,
+                    full_single.shape[1] - out_single.shape[1], full_multi.shape[1] - out_multi.shape[1])
+    if check_overlap and no_overlap(ps_multi, a_school):
         raise DataValidationError(f"treatment column '{spec.treatment}' is perfectly predicted by the "
                                   "school-level covariates (estimated propensity 0 or 1 in every school): "
                                   "there is no overlap to estimate an effect from")
@@ -201,42 +211,62 @@ def _lmm(X, y, codes):
     return np.asarray(r.fe_params, dtype=float), tau2, float(r.sigma2)
 
 
+def _kept(X: np.ndarray) -> np.ndarray:
+    """Columns of an outcome design kept in one fit: those not collinear with earlier ones (or constant)
+    on the fit's training rows; the intercept and the treatment (columns 0 and 1) must stay."""
+    keep = independent_columns(X)
+    if len(keep) < 2 or keep[0] != 0 or keep[1] != 1:
+        raise DataValidationError("the treatment is constant or collinear with the covariates in a training "
+                                  "fold of the outcome model")
+    return keep
+
+
 def _with_a(X, value):
     Z = X.copy()
     Z[:, 1] = value
     return Z
 
 
-def _crossfit(prep: Prepared, version: str, folds: np.ndarray, propensity: bool = True) -> dict:
+def _crossfit(prep: Prepared, version: str, folds: np.ndarray, propensity: bool = True,
+              ridge: float = 1.0) -> dict:
     """Out-of-fold predictions ``Q1, Q0`` (outcome model) and ``g`` (propensity) for every row; with
-    ``propensity=False`` the propensity is fitted once on all the schools (rows) instead."""
+    ``propensity=False`` the propensity is fitted once on all the schools (rows) instead.
+
+    Each fold's outcome model drops the columns that are collinear or constant on its training rows (a
+    school-level column often is, with few schools in a fold) and predicts with the columns it kept;
+    ``dropped`` is the most columns dropped in any one fold. The propensity is a logistic regression with
+    the penalty ``ridge`` on its standardised slopes (finite under separation)."""
     n = len(prep.y)
+    dropped = 0
     Q1, Q0, g = np.empty(n), np.empty(n), np.empty(n)
     row_fold = folds[prep.codes]
     X = prep.out_single if version == "single" else prep.out_multi
     for k in np.unique(folds):
         te = row_fold == k
         tr = ~te if len(np.unique(folds)) > 1 else np.ones(n, dtype=bool)  # one fold: in-sample fits
+        keep = _kept(X[tr])
+        dropped = max(dropped, X.shape[1] - len(keep))
+        Xk = X[:, keep]
         if version == "single":
-            beta = _ols(X[tr], prep.y[tr])
+            beta = _ols(Xk[tr], prep.y[tr])
             if propensity:
-                ps = Logistic().fit(prep.ps_single[tr], prep.a[tr])
+                ps = Logistic(ridge=ridge).fit(prep.ps_single[tr], prep.a[tr])
                 g[te] = ps.predict_proba1(prep.ps_single[te])
         else:
             tr_codes, _ = group_codes(prep.codes[tr])
-            beta = _lmm(X[tr], prep.y[tr], tr_codes)[0]
+            beta = _lmm(Xk[tr], prep.y[tr], tr_codes)[0]
             s_tr = folds != k
             if propensity:
-                ps = Logistic().fit(prep.ps_multi[s_tr], prep.a_school[s_tr])
+                ps = Logistic(ridge=ridge).fit(prep.ps_multi[s_tr], prep.a_school[s_tr])
                 g[te] = ps.predict_proba1(prep.ps_multi[~s_tr])[_school_rank(prep.codes[te], ~s_tr)]
-        Q1[te] = _with_a(X[te], 1.0) @ beta
-        Q0[te] = _with_a(X[te], 0.0) @ beta
+        Q1[te] = _with_a(Xk[te], 1.0) @ beta
+        Q0[te] = _with_a(Xk[te], 0.0) @ beta
     if not propensity:
         if version == "single":
-            g = Logistic().fit(prep.ps_single, prep.a).predict_proba1(prep.ps_single)
+            g = Logistic(ridge=ridge).fit(prep.ps_single, prep.a).predict_proba1(prep.ps_single)
         else:
-            g = Logistic().fit(prep.ps_multi, prep.a_school).predict_proba1(prep.ps_multi)[prep.codes]
-    return {"Q1": Q1, "Q0": Q0, "g": g}
+            g = Logistic(ridge=ridge).fit(prep.ps_multi, prep.a_school).predict_proba1(prep.ps_multi)[prep.codes]
+    return {"Q1": Q1, "Q0": Q0, "g": g, "dropped": dropped}
 
 
 def _school_rank(codes_te: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -246,6 +276,10 @@ def _school_rank(codes_te: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 # ============================================================================ estimators
+def _dropped(prep: Prepared, version: str) -> int:
+    return prep.dropped_single if version == "single" else prep.dropped_multi
+
+
 def _or_fit(prep: Prepared, version: str) -> tuple[float, np.ndarray]:
     """OR on all the data: the treatment coefficient of the linear model (= mean of Q(1,W) - Q(0,W)) and
     its delta-method influence function, per row. OLS: ``IF_i = n [(X'X)^-1 x_i e_i]_A``. GLS of the
@@ -353,7 +387,7 @@ def _variances(IF, codes, J, small_sample):
 def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
                  versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
                  small_sample: bool = True, crossfit: str = "outcome",
-                 fluctuation: str = "weighted") -> pd.DataFrame:
+                 fluctuation: str = "weighted", ridge: float = 1.0, check_overlap: bool = True) -> pd.DataFrame:
     """All the estimators on one data set, a tidy table with one row per (estimator, version).
 
     Parameters
@@ -377,6 +411,11 @@ def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None,
     small_sample : multiply the cluster-robust variance by J/(J-1) (default); ``False`` gives the plain
         ``sum_j (sum_{i in j} IF_i)^2 / n^2``.
     fluctuation : TMLE's fluctuation, ``"weighted"`` (default) or ``"clever"`` (see :func:`_tmle`).
+    ridge : penalty ``ridge * ||b||^2 / 2`` on the standardised slopes of the logistic propensity (as the
+        hybrid generator's, :class:`~mlsimkit.causal.hybrid.HybridGenerator`): separated data give finite
+        propensities, which ``bounds`` then caps (``share_trimmed``).
+    check_overlap : raise when a frame's treatment is perfectly predicted by the school-level covariates
+        (see :func:`prepare`); ``False`` for simulated replications of a design checked on the real data.
 
     BLAS is limited to one thread while it runs: the arrays are small, and multi-threaded BLAS on a shared
     machine made one replication 5-10x slower in our measurements (1.1 s against 0.1 s at 160 schools;
@@ -384,22 +423,25 @@ def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None,
 
     Columns: ``estimator, version, parameter ("ATE"), estimate, se, ci_low, ci_high`` (cluster-robust),
     ``se_naive, ci_low_naive, ci_high_naive`` (i.i.d.), ``share_trimmed``, ``n``, ``n_clusters``,
-    ``n_treated_clusters``, ``status``, ``fit_time``.
+    ``n_treated_clusters``, ``dropped`` (the most outcome-model columns dropped as collinear or constant in
+    one fit, on all the data or a training fold; NaN for DiM and IPW), ``status``, ``fit_time``.
     """
     from ..lmm._model import single_thread_blas
 
     with single_thread_blas():
         return _estimate_ate(frame, spec, estimators=estimators, versions=versions, folds=folds, bounds=bounds,
                              alpha=alpha, seed=seed, small_sample=small_sample, crossfit=crossfit,
-                             fluctuation=fluctuation)
+                             fluctuation=fluctuation, ridge=ridge, check_overlap=check_overlap)
 
 
 def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
                  versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
                  small_sample: bool = True, crossfit: str = "outcome",
-                 fluctuation: str = "weighted") -> pd.DataFrame:
+                 fluctuation: str = "weighted", ridge: float = 1.0, check_overlap: bool = True) -> pd.DataFrame:
     """The body of :func:`estimate_ate`."""
-    prep = frame if isinstance(frame, Prepared) else prepare(frame, spec)
+    prep = frame if isinstance(frame, Prepared) else prepare(frame, spec, check_overlap=check_overlap)
+    if not np.isfinite(ridge) or ridge < 0:
+        raise ParamsError(f"parameter 'ridge': expected a number >= 0, got {ridge!r}")
     bad = [e for e in estimators if e not in ESTIMATORS]
     if bad:
         raise ParamsError(f"parameter 'estimators': {bad} not known; expected some of {list(ESTIMATORS)}")
@@ -413,13 +455,13 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
     z = norm.ppf(1 - alpha / 2)
     rows = []
 
-    def add(name, version, est, IF, share, t0):
+    def add(name, version, est, IF, share, t0, dropped=np.nan):
         se, se_n = _variances(IF, prep.codes, prep.J, small_sample)
         rows.append({"estimator": name, "version": version, "parameter": "ATE", "estimate": float(est),
                      "se": se, "ci_low": est - z * se, "ci_high": est + z * se, "se_naive": se_n,
                      "ci_low_naive": est - z * se_n, "ci_high_naive": est + z * se_n, "share_trimmed": share,
                      "n": len(prep.y), "n_clusters": prep.J, "n_treated_clusters": int(prep.a_school.sum()),
-                     "status": "ok", "fit_time": time.perf_counter() - t0})
+                     "dropped": dropped, "status": "ok", "fit_time": time.perf_counter() - t0})
 
     if "DiM" in estimators:
         t0 = time.perf_counter()
@@ -435,11 +477,12 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
     for version in versions:
         if "OR" in estimators:
             t0 = time.perf_counter()
-            add("OR", version, *_or_fit(prep, version), np.nan, t0)
+            add("OR", version, *_or_fit(prep, version), np.nan, t0, _dropped(prep, version))
         if not need_cf:
             continue
         t0 = time.perf_counter()
-        nu = _crossfit(prep, version, fold, propensity=crossfit == "all")
+        nu = _crossfit(prep, version, fold, propensity=crossfit == "all", ridge=ridge)
+        dropped = _dropped(prep, version) + nu["dropped"]
         g_raw = nu["g"]
         share = float(np.mean((g_raw < lo_b) | (g_raw > hi_b)))
         g = np.clip(g_raw, lo_b, hi_b)
@@ -448,13 +491,13 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
                          ("TMLE", lambda: _tmle(prep, nu["Q1"], nu["Q0"], g, fluctuation))):
             if name in estimators:
                 t1 = time.perf_counter() - t_nu
-                add(name, version, *fn(), share, t1)
+                add(name, version, *fn(), share, t1, np.nan if name == "IPW" else dropped)
     return pd.DataFrame(rows)
 
 
 # ============================================================================ overlap diagnostics
 def overlap_table(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, version: str = "multilevel",
-                  bounds=(0.01, 0.99)) -> pd.DataFrame:
+                  bounds=(0.01, 0.99), ridge: float = 1.0) -> pd.DataFrame:
     """Overlap diagnostics of the propensity (fitted on all the data, as the estimators use it by default).
 
     One row per arm (``treated``, ``control``): the numbers of schools and students, quantiles of the
@@ -469,9 +512,9 @@ def overlap_table(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
     lo_b, hi_b = map(float, bounds)
     with _blas1():
         if version == "single":
-            g = Logistic().fit(prep.ps_single, prep.a).predict_proba1(prep.ps_single)
+            g = Logistic(ridge=ridge).fit(prep.ps_single, prep.a).predict_proba1(prep.ps_single)
         else:
-            g = Logistic().fit(prep.ps_multi, prep.a_school).predict_proba1(prep.ps_multi)[prep.codes]
+            g = Logistic(ridge=ridge).fit(prep.ps_multi, prep.a_school).predict_proba1(prep.ps_multi)[prep.codes]
     rows = []
     for arm, name in ((1.0, "treated"), (0.0, "control")):
         m = prep.a == arm

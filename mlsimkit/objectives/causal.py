@@ -10,7 +10,7 @@ The params file declares the roles and the estimators under ``model:``::
       school: [w1, w2]            # school covariates W
       learner: lmm                # the hybrid's outcome model (only lmm here: its ATE is a constant, exact)
       overlap: 1.0                # the hybrid's overlap knob (mlsimkit.causal.hybrid)
-      ridge: 1.0                  # penalty of the hybrid's propensity
+      ridge: 1.0                  # penalty of the propensity (the hybrid's and the estimators')
       estimators: [DiM, OR, IPW, AIPW, TMLE]
       versions: [single, multilevel]
       folds: 5                    # cross-fitting folds, grouped by school
@@ -116,10 +116,17 @@ def _causal_spec(m: dict, cluster: str):
 
 # ============================================================================ Stage 4
 def prepare(study, data) -> dict:
-    """The hybrid generator's nuisance models, fitted once on the real data."""
+    """The hybrid generator's nuisance models, fitted once on the real data, after an up-front check of the
+    real data with the estimators' own validation (:func:`mlsimkit.causal.prepare`): a treatment that is not
+    binary or school-level, or is perfectly predicted by the school-level covariates (no overlap), fails
+    here, before any simulation. Simulated replications skip the overlap check (``check_overlap=False``):
+    with few schools a draw is often separated by chance, and the estimators' ridge-penalised propensity,
+    capped by ``bounds``, handles it."""
+    from ..causal import prepare as check_data
     from ..causal.hybrid import HybridGenerator
 
     m = spec(study)
+    check_data(data.join_as_one(), _causal_spec(m, data.cluster_key), check_overlap=True)
     h = HybridGenerator(m["treatment"], m["outcome"], treated=m.get("treated"), student=m["student"],
                         school=m["school"], learner="lmm", overlap=float(m.get("overlap", 1.0)),
                         ridge=float(m.get("ridge", 1.0))).fit(data)
@@ -145,14 +152,15 @@ def analyse_causal(condition, data, rng, *, spec, estimator: str, version: str, 
     r = res.iloc[0]
     return [{"parameter": "ATE", "estimate": r["estimate"], "se": r["se"], "ci_lower": r["ci_low"],
              "ci_upper": r["ci_high"], "se_naive": r["se_naive"], "ci_lower_naive": r["ci_low_naive"],
-             "ci_upper_naive": r["ci_high_naive"], "share_trimmed": r["share_trimmed"]}]
+             "ci_upper_naive": r["ci_high_naive"], "share_trimmed": r["share_trimmed"], "dropped": r["dropped"]}]
 
 
 def methods(m: dict, cluster: str) -> dict:
     """``{"<estimator> (<version>)": analyse}`` picklable partials."""
     cs = _causal_spec(m, cluster)
     settings = {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
-                "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome")}
+                "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome"),
+                "ridge": float(m.get("ridge", 1.0)), "check_overlap": False}
     out = {}
     for est in m.get("estimators", ["DiM", "OR", "IPW", "AIPW", "TMLE"]):
         for ver in (["unadjusted"] if est == "DiM" else m.get("versions", ["single", "multilevel"])):
