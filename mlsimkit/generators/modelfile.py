@@ -77,6 +77,7 @@ GENERATOR_CLASSES = {
     "SchoolPool": "mlsimkit.generators.pool:SchoolPool",
     "ClavaDDPMGenerator": "mlsimkit.generators.diffusion:ClavaDDPMGenerator",
     "CTGANGenerator": "mlsimkit.generators.ctgan_clca:CTGANGenerator",
+    "TabularTransformerGenerator": "mlsimkit.generators.transformer:TabularTransformerGenerator",
 }
 #: other classes whose objects may appear in a saved state, restored by setting their attributes
 OBJECT_CLASSES = {
@@ -86,7 +87,8 @@ OBJECT_CLASSES = {
     "sklearn.preprocessing._data:QuantileTransformer",
 }
 #: torch networks: rebuilt from their constructor arguments (``init_args``) and a state dict
-TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddpm:NoisyClassifier"}
+TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddpm:NoisyClassifier",
+                 "mlsimkit.generators.transformer:CausalTransformer"}
 #: modules whose objects may only be pickled (behind trust)
 PICKLED_MODULES = ("ctgan.",)
 _EXT_DTYPES = {"string", "Int64", "Int32", "Float64", "boolean"}
