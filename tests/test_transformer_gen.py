@@ -139,7 +139,7 @@ def test_decode_failures_counted(fitted, small):
     assert fitted.decode_failures_total_ == 0
     # unrestricted (as a text model samples): invalid rows are counted and drawn again, never kept
     sub = small.subset(small.parent.School.iloc[:12])
-    g = TabularTransformerGenerator.quick(restrict_logits=False, epochs=2, school_epochs=20).fit(sub)
+    g = TabularTransformerGenerator.quick(restrict_logits=False, epochs=20, school_epochs=200).fit(sub)
     syn = g.sample(12, seed=0)
     MultilevelData(syn.schema, syn.tables, validate=True)
     fails = g.last_decode_failures_

@@ -294,7 +294,11 @@ class TabularTransformerGenerator(Generator):
     def fit(self, data: MultilevelData) -> "TabularTransformerGenerator":
         """Tokenise the two tables and train the school and the student model."""
         self._check_params()
-        with torch_threads(self.n_threads):
+        device = self._device()
+        # dropout draws from torch's global generator: seeded here, the caller's state restored afterwards
+        with torch_threads(self.n_threads), torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(self.random_state))
             return self._fit(data)
 
     def _fit(self, data: MultilevelData) -> "TabularTransformerGenerator":
@@ -343,10 +347,8 @@ class TabularTransformerGenerator(Generator):
             members[j, :sizes[j]] = order[starts[j]:starts[j + 1]]
 
         rs = int(self.random_state)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(rs)
-            school_net = self._net(1 + P).to(device)
-            student_net = self._net(self._student_layout()[1]).to(device)
+        school_net = self._net(1 + P).to(device)  # initialised from the seeded global generator (see fit)
+        student_net = self._net(self._student_layout()[1]).to(device)
         gen = torch.Generator(device="cpu")
         gen.manual_seed(rs)
         progress = False if self.verbose else None
