@@ -184,3 +184,20 @@ def test_check_accepts_it_in_params():
     _check_generator("generators.tabular-transformer", "tabular-transformer", {"n_heads": 3}, out, "quick")
     text = "\n".join(f"{p.key}: {p.message}" for p in out.problems)
     assert "bogus" in text and "n_heads" in text and "generators.llm" not in text
+
+
+def test_cached_sampling_path_equals_forward():
+    """The key/value cache used for sampling computes what the network's forward computes."""
+    from mlsimkit.generators.transformer import CausalTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = CausalTransformer(40, 16, 16, 2, 2, 32, 0.1).eval()
+        x = torch.randint(2, 40, (5, 16))
+    with torch.inference_mode():
+        full = net(x)
+        logits, cache = net.prefill(x[:, :9])
+        assert torch.allclose(logits, full[:, 8], atol=1e-5)
+        for p in range(9, 15):
+            logits, cache = net.step(x[:, p], p, cache)
+            assert torch.allclose(logits, full[:, p], atol=1e-5)

@@ -92,6 +92,34 @@ class CausalTransformer(nn.Module):
         h = self.layers(h, mask=mask, is_causal=True)
         return self.head(self.norm(h))
 
+    # ---- inference with a key/value cache (sampling): the same computation as forward() in eval mode
+    def _cached(self, tokens: torch.Tensor, pos0: int, cache: list | None):
+        """Run ``tokens`` (at positions ``pos0 ...``) through the layers, attending to ``cache`` (the keys
+        and values of earlier positions) and extending it; returns the last position's logits."""
+        B, T = tokens.shape
+        h = self.tok(tokens) + self.pos(torch.arange(pos0, pos0 + T, device=tokens.device))[None]
+        new = []
+        for i, layer in enumerate(self.layers.layers):
+            attn = layer.self_attn
+            H, d = attn.num_heads, attn.embed_dim
+            q, k, v = nn.functional.linear(layer.norm1(h), attn.in_proj_weight, attn.in_proj_bias).split(d, -1)
+            q, k, v = (x.reshape(B, T, H, d // H).transpose(1, 2) for x in (q, k, v))
+            if cache is not None:
+                k, v = torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2)
+            new.append((k, v))
+            a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=cache is None and T > 1)
+            h = h + attn.out_proj(a.transpose(1, 2).reshape(B, T, d))
+            h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
+        return self.head(self.norm(h[:, -1])), new
+
+    def prefill(self, tokens: torch.Tensor):
+        """Logits of the token after ``tokens`` and the cache of their keys and values."""
+        return self._cached(tokens, 0, None)
+
+    def step(self, token: torch.Tensor, pos: int, cache: list):
+        """Logits of the token after ``token`` (at position ``pos``), given the cache of positions < pos."""
+        return self._cached(token[:, None], pos, cache)
+
 
 # ============================================================================ tokeniser
 def _column_spec(name: str, values: np.ndarray, col, n_bins: int, offset: int) -> dict:
@@ -185,7 +213,7 @@ class TabularTransformerGenerator(Generator):
 
     def __init__(
         self,
-        epochs: int = 30,
+        epochs: int = 12,
         n_layers: int = 3,
         d_model: int = 64,
         n_heads: int = 4,
@@ -459,12 +487,14 @@ class TabularTransformerGenerator(Generator):
         ``window`` (in place); a row with a token outside its column's slice is counted and drawn again."""
         todo = torch.arange(window.shape[0], device=window.device)
         for attempt in range(100):
+            logits, cache = net.prefill(window[todo, :pos0])
             for k in range(len(cols)):
                 p = pos0 + k
-                logits = net(window[todo, :p])[:, -1] / float(self.temperature)
-                logits = logits.masked_fill(~allowed[p - 1], float("-inf"))
+                logits = (logits / float(self.temperature)).masked_fill(~allowed[p - 1], float("-inf"))
                 tok = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen)[:, 0]
                 window[todo, p] = tok
+                if k + 1 < len(cols):
+                    logits, cache = net.step(tok, p, cache)
             got = window[todo, pos0:pos0 + len(cols)]
             lo = torch.as_tensor([c["offset"] for c in cols], device=window.device)
             hi = lo + torch.as_tensor([c["n"] for c in cols], device=window.device)
