@@ -64,6 +64,7 @@ from .base import Generator, as_rng, make_ids, torch_seed, torch_threads
 PAD, BOS = 0, 1
 _N_SPECIAL = 2
 SIZE_COLUMN = "__size__"  # the number of children of a parent row, modelled as a parent column
+_GRID = 1025  # empirical quantiles kept per binned column (decoding interpolates between them)
 
 
 class CausalTransformer(nn.Module):
@@ -133,8 +134,12 @@ def _column_spec(name: str, values: np.ndarray, col, n_bins: int, offset: int) -
     if len(uniq) <= n_bins:
         return dict(name=name, kind="discrete", offset=offset, n=len(uniq), values=uniq, integer=integer)
     edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
+    codes = np.searchsorted(edges[1:-1], x, side="right")
+    # share of the training values below each bin, and a fine grid of empirical quantiles for decoding
+    cum = np.concatenate([[0.0], np.cumsum(np.bincount(codes, minlength=len(edges) - 1)) / len(x)])
+    grid = np.quantile(x, np.linspace(0, 1, _GRID))
     return dict(name=name, kind="binned", offset=offset, n=len(edges) - 1, edges=edges, integer=integer,
-                lo=None if col is None else col.min, hi=None if col is None else col.max)
+                cum=cum, grid=grid)
 
 
 def _encode(spec: dict, values) -> np.ndarray:
@@ -154,8 +159,13 @@ def _decode(spec: dict, tokens: np.ndarray, rng: np.random.Generator):
         return pd.Categorical.from_codes(codes, categories=spec["levels"], ordered=spec["ordered"])
     if spec["kind"] == "discrete":
         return spec["values"][codes].astype(float)
-    e = spec["edges"]
-    x = e[codes] + rng.random(len(codes)) * (e[codes + 1] - e[codes])
+    e, cum = spec["edges"], spec["cum"]
+    # a quantile level drawn uniformly within the bin's share, mapped through the interpolated empirical
+    # quantile function: the bin's values are spread as in the training data (uniform between the edges
+    # would widen the sparse tail bins), yet no training value is copied
+    u = cum[codes] + rng.random(len(codes)) * (cum[codes + 1] - cum[codes])
+    x = np.interp(u, np.linspace(0, 1, len(spec["grid"])), spec["grid"])
+    x = np.clip(x, e[codes], e[codes + 1])
     if spec["integer"]:
         x = np.round(x)
     return np.clip(x, e[0], e[-1]).astype(float)
