@@ -8,6 +8,8 @@ Measures, with ``torch.set_num_threads(--threads)`` (also passed as the generato
   similarity ``1 - |cbrt(icc_syn) - cbrt(icc_real)|`` and the real-vs-real band (the real schools split
   at random into halves ``--splits`` times: 2.5%, 50%, 97.5% of the similarity of one half to the other);
 * means and SDs of the student variables, mean school size, and decode failures;
+* the share of synthetic schools whose whole token sequence (every school variable's bin or category, and
+  the size's bin) equals a real school's: a direct measure of how much the school model memorises;
 * the negative control ``--control``: the same model without schoolmates in the context and without the
   school prefix (its ICC should be about 0).
 
@@ -28,7 +30,7 @@ import pandas as pd
 import torch
 
 import mlsimkit.datasets as ds
-from mlsimkit.generators.transformer import TabularTransformerGenerator
+from mlsimkit.generators.transformer import SIZE_COLUMN, TabularTransformerGenerator, _encode
 from mlsimkit.icc import anova_components
 
 VARS = ("MathAch", "SES")
@@ -55,6 +57,12 @@ def reference_band(data, splits: int, seed: int = 0) -> dict:
     return {v: [round(float(np.quantile(s, q)), 3) for q in (0.025, 0.5, 0.975)] for v, s in out.items()}
 
 
+def school_tokens(gen, data) -> set:
+    sizes = data.cluster_sizes().reindex(data.parent.School).to_numpy()
+    cols = [_encode(c, sizes if c["name"] == SIZE_COLUMN else data.parent[c["name"]]) for c in gen.school_cols_]
+    return list(zip(*cols))
+
+
 def run(hsb, settings: dict, args) -> dict:
     gen = TabularTransformerGenerator(**settings)
     gen.fit(hsb)
@@ -74,6 +82,9 @@ def run(hsb, settings: dict, args) -> dict:
         "decode_failures_total": gen.decode_failures_total_,
         "mean_school_size": round(float(np.mean([s.cluster_sizes().mean() for s in samples])), 1),
     }
+    real = set(school_tokens(gen, hsb))
+    out["school_token_copy_share"] = round(float(np.mean([np.mean([t in real for t in school_tokens(gen, s)])
+                                                          for s in samples])), 3)
     for v in VARS:
         iccs = [icc(s.child, v) for s in samples[: args.samples]]
         out[f"icc_{v}"] = round(float(np.median(iccs)), 3)
@@ -90,6 +101,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--reps", type=int, default=3, help="timed sampling runs of 160 schools")
     ap.add_argument("--samples", type=int, default=3, help="synthetic data sets for the ICC")
     ap.add_argument("--splits", type=int, default=200, help="real-vs-real splits for the band")
+    ap.add_argument("--school-epochs", type=int, default=None, help="school-model epochs (default: the generator's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--control", action="store_true", help="also run the negative control")
     args = ap.parse_args(argv)
@@ -98,6 +110,8 @@ def main(argv=None) -> dict:
     settings = dict(n_threads=args.threads, device=args.device)
     if args.epochs is not None:
         settings["epochs"] = args.epochs
+    if args.school_epochs is not None:
+        settings["school_epochs"] = args.school_epochs
     report = {"real": {**{f"icc_{v}": round(icc(hsb.child, v), 3) for v in VARS},
                        **{f"mean_sd_{v}": [round(float(hsb.child[v].mean()), 3), round(float(hsb.child[v].std()), 3)]
                           for v in VARS},

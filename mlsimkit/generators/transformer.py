@@ -18,8 +18,11 @@ come from the language model's pretraining or from modelling rows token by token
 **Tokeniser** (one token per value, not characters). Each data column owns a slice of one shared
 vocabulary (column-specific offsets): a category is one token; a numerical column with at most
 ``n_bins`` distinct values has one token per value (decoded exactly); any other numerical column is cut
-into ``n_bins`` quantile bins of the training values, and a bin token is decoded by drawing uniformly
-between the bin's edges (empirical quantiles), so synthetic values are not copies of training values and
+into ``n_bins`` quantile bins of the training values. A bin token is decoded by drawing a quantile level
+uniformly within the bin's share of the training data and mapping it through the interpolated empirical
+quantile function (a grid of 1,025 quantiles is stored, not the training values): values spread within a
+bin as the training values do (drawing uniformly between the bin's edges widened HSB's SES by 15%, its
+tail bins being wide), are not copied from training rows except where the data have ties, and
 stay inside the observed range; integer columns are rounded. The number of children of a parent row
 (the school size) is one more parent column, binned the same way, so sizes come from the school model.
 
