@@ -181,7 +181,9 @@ class TabularTransformerGenerator(Generator):
     Parameters
     ----------
     epochs : int
-        Training epochs of the student model (one epoch: as many windows as there are students).
+        Training epochs of the student model. One epoch is as many training windows as there are students;
+        a window holds up to ``context_students + 1`` students of one school, each of whose tokens is
+        predicted, so an epoch predicts every student's tokens about that many times.
     school_epochs : int
         Training epochs of the school model (one epoch: as many rows as there are schools; cheap).
     n_layers, d_model, n_heads : int
