@@ -44,8 +44,19 @@ draws is reported in ``last_decode_failures_`` (per table, for the last sample) 
 ``decode_failures_total_``. With restricted logits failures cannot happen (the count stays 0). Sampling
 uses a ``temperature`` (1: the model's distribution) and runs all schools of a sample as one batch.
 
-Measured on HSB (160 schools, 7,185 students; ``benchmarks/bench_transformer.py``): see the docstring of
-:class:`TabularTransformerGenerator`.
+**Measured** on HSB (160 schools, 7,185 students; ``benchmarks/bench_transformer.py``, one torch thread on
+a 2-core machine shared with other jobs, load about 3): at the defaults training takes 459 s (school model
+29 s, student model 430 s), sampling 160 schools 5.6 s (a key/value cache: each student costs one pass over
+its context and one step per column); no decoding failures. The synthetic ICC of MathAch is 0.160 (real
+0.174; ICC similarity 0.985) and of SES 0.271 (real 0.267; 0.997), inside the real-vs-real band (two halves
+of the real schools: 2.5% quantiles 0.91-0.93). Means and SDs: MathAch 13.30 / 6.86 (real 12.75 / 6.88),
+SES 0.05 / 0.77 (real 0.00 / 0.78); mean school size 44.9 (real 44.9).
+
+**The school model memorises when trained long.** It sees only 160 rows. With 300 school epochs (loss
+0.78) 83% of the synthetic schools had exactly the token sequence (every bin and category) of a real
+school; with the default 100 epochs (loss 1.55) 1.2% had, and the ICCs were no worse (300 epochs: 0.191
+and 0.315). ``bench_transformer.py`` reports this share (``school_token_copy_share``); check it when
+changing ``school_epochs``, ``n_bins`` or the model size.
 """
 
 from __future__ import annotations
@@ -185,7 +196,8 @@ class TabularTransformerGenerator(Generator):
         a window holds up to ``context_students + 1`` students of one school, each of whose tokens is
         predicted, so an epoch predicts every student's tokens about that many times.
     school_epochs : int
-        Training epochs of the school model (one epoch: as many rows as there are schools; cheap).
+        Training epochs of the school model (one epoch: as many rows as there are schools; cheap). Long
+        training memorises the real schools (see "The school model memorises" in the module docstring).
     n_layers, d_model, n_heads : int
         Transformer layers (2-4), width and attention heads (``d_model`` divisible by ``n_heads``).
     dim_feedforward : int or None
@@ -220,8 +232,8 @@ class TabularTransformerGenerator(Generator):
     verbose : bool
         Show progress bars and print a training summary.
 
-    Measured on HSB at the defaults, 2 shared CPU cores (``benchmarks/bench_transformer.py``): see
-    :data:`MEASURED`.
+    Measured on HSB at the defaults: see the module docstring (training about 8 minutes on one busy CPU
+    core, sampling 160 schools in about 5 s, ICCs inside the real-vs-real band).
     """
 
     name = "tabular-transformer"
@@ -235,7 +247,7 @@ class TabularTransformerGenerator(Generator):
         context_students: int = 8,
         temperature: float = 1.0,
         *,
-        school_epochs: int = 300,
+        school_epochs: int = 100,
         dim_feedforward: int | None = None,
         dropout: float = 0.1,
         n_bins: int = 32,
