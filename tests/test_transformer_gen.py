@@ -105,6 +105,13 @@ def test_same_seed_same_sample_and_save_load_round_trip(fitted, tmp_path):
         pd.testing.assert_frame_equal(a[name], b[name])
     assert not a.child.MathAch.equals(c.child.MathAch)
     path = fitted.save(tmp_path / "tt.zip")
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+    assert meta["class"] == "TabularTransformerGenerator" and meta["requires_trust"] is False
+    assert meta["training"]["decode_failures"] == 0 and set(meta["training"]["final_loss"]) == {"school", "student"}
     back = load(path)
     assert isinstance(back, TabularTransformerGenerator) and back.get_params() == fitted.get_params()
     d = back.sample(8, seed=7)

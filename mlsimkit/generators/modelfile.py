@@ -6,7 +6,7 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     ``magic`` (``"mlsimkit-generator"``), ``format_version`` (:data:`FORMAT_VERSION`), the ``mlsimkit``
     version that wrote it, ``class`` (a name on the allow-list :data:`GENERATOR_CLASSES`), the constructor
     ``settings``, the ``schema`` it was trained on (:meth:`Schema.to_dict`), a ``training`` summary
-    (seconds, final losses), ``entries`` (the SHA-256 of every other member), ``requires_trust``,
+    (seconds, final losses, the decoding failures of a generator that counts them), ``entries`` (the SHA-256 of every other member), ``requires_trust``,
     ``content_sha256`` (the hash of all of the above, i.e. of the whole content) and ``signature`` (see
     "Trust" below).
 ``state.json``
@@ -438,6 +438,9 @@ def _training(gen) -> dict:
         v = getattr(gen, attr, None)
         if v is not None:
             out[key] = round(float(v), 3)
+    failures = getattr(gen, "decode_failures_total_", None)  # the LLM-style generator's invalid draws
+    if failures is not None:
+        out["decode_failures"] = int(failures)
     h = getattr(gen, "history_", None)
     if isinstance(h, pd.DataFrame) and len(h):
         out["history_rows"] = int(len(h))
