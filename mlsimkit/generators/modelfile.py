@@ -7,8 +7,8 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     version that wrote it, ``class`` (a name on the allow-list :data:`GENERATOR_CLASSES`), the constructor
     ``settings``, the ``schema`` it was trained on (:meth:`Schema.to_dict`), a ``training`` summary
     (seconds, final losses, the decoding failures of a generator that counts them), ``entries`` (the
-    SHA-256 of every other member), ``requires_trust``, ``content_sha256`` (the hash of all of the above, i.e. of the whole content) and ``signature`` (see
-    "Trust" below).
+    SHA-256 of every other member), ``requires_trust``, ``content_sha256`` (the hash of all of the above,
+    i.e. of the whole content) and ``signature`` (see "Trust" below).
 ``state.json``
     The fitted state as a tree of JSON values in which every object is a tagged record: plain containers,
     numbers and strings, numpy scalars, pandas frames / series / indexes (categorical columns as codes and
