@@ -28,7 +28,7 @@ def _valid(d):
 
 # ---------------------------------------------------------------------------- factory
 def test_make_by_name():
-    assert set(NAMES) == {"clavaddpm", "ctgan", "parametric", "bootstrap"}
+    assert set(NAMES) == {"clavaddpm", "ctgan", "tabular-transformer", "parametric", "bootstrap"}
     assert isinstance(make("bootstrap"), SchoolBootstrap)
     assert make("parametric", cluster_size=5).cluster_size == 5
     assert make("ctgan", epochs=2).epochs == 2

@@ -1,13 +1,15 @@
 """Stage 2: generators of synthetic multilevel data, all following :class:`Generator`'s protocol.
 
-=====================  ==============================================================================
-name                   class
-=====================  ==============================================================================
-``"clavaddpm"``        :class:`ClavaDDPMGenerator`: multi-table diffusion with variable decomposition
-``"ctgan"``            :class:`CTGANGenerator`: CTGAN on the join-as-one table + CLCA alignment
-``"parametric"``       :class:`ParametricGenerator`: multilevel normal / logistic model (traditional)
-``"bootstrap"``        :class:`SchoolBootstrap`: resampled real schools (semi-synthetic reference)
-=====================  ==============================================================================
+=========================  ==========================================================================
+name                       class
+=========================  ==========================================================================
+``"clavaddpm"``            :class:`ClavaDDPMGenerator`: multi-table diffusion with variable decomposition
+``"ctgan"``                :class:`CTGANGenerator`: CTGAN on the join-as-one table + CLCA alignment
+``"tabular-transformer"``  :class:`TabularTransformerGenerator`: LLM-style autoregressive transformer
+                           over tokenised rows (schools, then each school's students), from scratch
+``"parametric"``           :class:`ParametricGenerator`: multilevel normal / logistic model (traditional)
+``"bootstrap"``            :class:`SchoolBootstrap`: resampled real schools (semi-synthetic reference)
+=========================  ==========================================================================
 
 :func:`make` builds one by name (``make("ctgan", epochs=300)``); :class:`SchoolPool` wraps any of them to
 draw replications from a large pre-generated pool of synthetic schools. ``gen.save("models/x.zip")`` and
@@ -37,7 +39,16 @@ def _clavaddpm():
     return ClavaDDPMGenerator
 
 
+def _transformer():
+    """The LLM-style generator, imported on first use (torch at module level, as :func:`_clavaddpm`)."""
+    from .transformer import TabularTransformerGenerator
+
+    return TabularTransformerGenerator
+
+
 def __getattr__(name):  # PEP 562: ``from mlsimkit.generators import ClavaDDPMGenerator`` stays lazy
+    if name == "TabularTransformerGenerator":
+        return _transformer()
     if name == "ClavaDDPMGenerator":
         cls = _clavaddpm()
         if cls is None:
@@ -49,6 +60,7 @@ def __getattr__(name):  # PEP 562: ``from mlsimkit.generators import ClavaDDPMGe
 _REGISTRY = {
     "clavaddpm": _clavaddpm,
     "ctgan": lambda: CTGANGenerator,
+    "tabular-transformer": _transformer,
     "parametric": lambda: ParametricGenerator,
     "bootstrap": lambda: SchoolBootstrap,
 }
@@ -70,5 +82,5 @@ def make(name: str, **settings) -> Generator:
 
 __all__ = [
     "Generator", "load", "as_rng", "make_ids", "FORMAT_VERSION", "SUFFIX", "make", "NAMES",
-    "ClavaDDPMGenerator", "CTGANGenerator", "ParametricGenerator", "SchoolBootstrap", "SchoolPool",
+    "ClavaDDPMGenerator", "CTGANGenerator", "TabularTransformerGenerator", "ParametricGenerator", "SchoolBootstrap", "SchoolPool",
 ]

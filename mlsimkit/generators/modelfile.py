@@ -6,9 +6,9 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     ``magic`` (``"mlsimkit-generator"``), ``format_version`` (:data:`FORMAT_VERSION`), the ``mlsimkit``
     version that wrote it, ``class`` (a name on the allow-list :data:`GENERATOR_CLASSES`), the constructor
     ``settings``, the ``schema`` it was trained on (:meth:`Schema.to_dict`), a ``training`` summary
-    (seconds, final losses), ``entries`` (the SHA-256 of every other member), ``requires_trust``,
-    ``content_sha256`` (the hash of all of the above, i.e. of the whole content) and ``signature`` (see
-    "Trust" below).
+    (seconds, final losses, the decoding failures of a generator that counts them), ``entries`` (the
+    SHA-256 of every other member), ``requires_trust``, ``content_sha256`` (the hash of all of the above,
+    i.e. of the whole content) and ``signature`` (see "Trust" below).
 ``state.json``
     The fitted state as a tree of JSON values in which every object is a tagged record: plain containers,
     numbers and strings, numpy scalars, pandas frames / series / indexes (categorical columns as codes and
@@ -85,6 +85,7 @@ GENERATOR_CLASSES = {
     "SchoolPool": "mlsimkit.generators.pool:SchoolPool",
     "ClavaDDPMGenerator": "mlsimkit.generators.diffusion:ClavaDDPMGenerator",
     "CTGANGenerator": "mlsimkit.generators.ctgan_clca:CTGANGenerator",
+    "TabularTransformerGenerator": "mlsimkit.generators.transformer:TabularTransformerGenerator",
 }
 #: other classes whose objects may appear in a saved state, restored by setting their attributes
 OBJECT_CLASSES = {
@@ -94,7 +95,8 @@ OBJECT_CLASSES = {
     "sklearn.preprocessing._data:QuantileTransformer",
 }
 #: torch networks: rebuilt from their constructor arguments (``init_args``) and a state dict
-TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddpm:NoisyClassifier"}
+TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddpm:NoisyClassifier",
+                 "mlsimkit.generators.transformer:CausalTransformer"}
 #: modules whose objects may only be pickled (behind trust)
 PICKLED_MODULES = ("ctgan.",)
 _EXT_DTYPES = {"string", "Int64", "Int32", "Float64", "boolean"}
@@ -470,6 +472,9 @@ def _training(gen) -> dict:
         v = getattr(gen, attr, None)
         if v is not None:
             out[key] = round(float(v), 3)
+    failures = getattr(gen, "decode_failures_total_", None)  # the LLM-style generator's invalid draws
+    if failures is not None:
+        out["decode_failures"] = int(failures)
     h = getattr(gen, "history_", None)
     if isinstance(h, pd.DataFrame) and len(h):
         out["history_rows"] = int(len(h))
