@@ -392,11 +392,13 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
 
 def choose_generator(summary: pd.DataFrame, study: Study) -> dict:
     """Stage 3's choice: the generator with the highest mean of the headline domain averages
-    (:func:`headline`), written to ``3-quality/choice.json`` for Stage 4."""
+    (:func:`headline`), written to ``3-quality/choice.json`` for Stage 4 (``simulates``: whether the study
+    has one)."""
     scored = headline(summary)
     scored = scored[scored["dataset"].isin(list(study["generators"]))]
     means = scored.groupby("dataset")["value"].mean().sort_values(ascending=False)
-    choice = {"best": str(means.index[0]), "mean_scores": {k: round(float(v), 4) for k, v in means.items()}}
+    choice = {"best": str(means.index[0]), "mean_scores": {k: round(float(v), 4) for k, v in means.items()},
+              "simulates": "4-simulate" in study.stages}
     write_text(study.path("3-quality", "choice.json"), json.dumps(choice, indent=2))
     return choice
 
