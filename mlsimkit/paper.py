@@ -1,4 +1,5 @@
-"""The paper's findings (Suk et al., sections 4.5, 5.5, 6.2, S5.1 and S5.2) decided by Monte Carlo error.
+"""The papers' findings (Suk et al., sections 4.5, 5.5, 6.2, S5.1 and S5.2; for the causal objective the
+synthetic-data causal inference paper's estimator benchmark) decided by Monte Carlo error.
 
 Each finding is a declared test, :class:`Claim`: the paper's sentence, the data source it is about, the
 quantity measured (a paired difference between two methods, a level, or a difference between ablation
@@ -37,7 +38,9 @@ The claims: Demonstration 1 (:func:`prediction_claims`) — the multilevel rule 
 (traditional), the three rules are almost identical on CTGAN data (S5.1); Demonstration 2
 (:func:`recovery_claims`) — HLM less biased than OLS, IGM removes the bias, OLS ≈ HLM at school level (AI-based,
 traditional), coverage increases (AI-based) / decreases (traditional) / increases with the adjusted design
-(S5.2); Stage 6 (:func:`ablation_claims`) — Tables 5 and 6.  The margins (:data:`MARGINS`) are ours: the
+(S5.2); Stage 6 (:func:`ablation_claims`) — Tables 5 and 6; Demonstration 3 (:func:`causal_claims`) — the
+causal paper's "IPW estimators suffer high variance, while AIPW and TMLE benefit from doubly-robust
+correction" as a larger MSE of IPW than of AIPW and TMLE, and AIPW and TMLE unbiased within a margin.  The margins (:data:`MARGINS`) are ours: the
 paper states none.
 
 Sources are named as in the study's params: the simulation generator (AI-based), ``ctgan`` (the CTGAN
@@ -57,8 +60,8 @@ from .errors import MlsimkitError
 from .performance import paired_difference, reps_to_decide
 
 YES, NO, INCONCLUSIVE = "yes", "no", "inconclusive"
-#: The objectives of the paper's two demonstrations: the only ones its findings speak about.
-PAPER_OBJECTIVES = ("prediction", "recovery")
+#: The objectives the papers' findings speak about (Suk et al.'s two demonstrations; the causal paper's benchmark).
+PAPER_OBJECTIVES = ("prediction", "recovery", "causal")
 #: |z| at which a difference counts as beyond Monte Carlo error.
 Z = 2.0
 TESTS = ("positive", "differs", "equivalent", "increases", "decreases")
@@ -69,6 +72,7 @@ MARGINS = {
     "rel_bias": 1.0,        # relative bias (%), percentage points
     "relerror": 1.0,        # relative SE bias (%), percentage points (Table 6: "less than 1%")
     "coverage": 0.025,      # coverage, 2.5 percentage points
+    "ate_rel_bias": 10.0,   # "unbiased" ATE estimators: relative bias within 10% of the true ATE
 }
 
 
@@ -343,6 +347,35 @@ def prediction_claims(reps: pd.DataFrame, ai: str, ctgan: str | None = "ctgan",
     return table(rows, detail)
 
 
+# ------------------------------------------------------------------------------- Demonstration 3
+CAUSAL_WHERE = "causal paper, ACTG175 benchmark"
+
+
+def causal_claims(reps: pd.DataFrame, ai: str, margins: dict | None = None, detail: bool = False) -> pd.DataFrame:
+    """The causal paper's finite-sample benchmark ("IPW estimators suffer high variance, while AIPW and TMLE
+    benefit from doubly-robust correction") on per-replication squared errors and relative biases of the
+    ATE (``measure`` ``sq_error`` / ``rel_bias``), for every version of the estimators the study ran
+    (``IPW (single)`` against ``AIPW (single)``, ...)."""
+    mg = {**MARGINS, **(margins or {})}
+    d = reps[reps["source"] == ai]
+    methods = set(d["method"])
+    versions = sorted({m[len("IPW "):] for m in methods if m.startswith("IPW (")})
+    rows = []
+    for dr in ("AIPW", "TMLE"):
+        pairs = {f"IPW {v} − {dr} {v}": (f"IPW {v}", f"{dr} {v}") for v in versions if f"{dr} {v}" in methods}
+        ev = _stack({k: paired(d, ai, "sq_error", a, b) for k, (a, b) in pairs.items()})
+        rows.append(evaluate(Claim(f"IPW has a larger MSE than {dr} (high variance against a doubly-robust correction)",
+                                   ai, f"paired squared-error difference of the ATE, IPW − {dr}, per version of the "
+                                   "estimators, at every number of schools", "positive", where=CAUSAL_WHERE), ev))
+    dr = sorted(m for m in methods if m.startswith(("AIPW (", "TMLE (")))
+    m = mg["ate_rel_bias"]
+    rows.append(evaluate(Claim("AIPW and TMLE are unbiased for the ATE", ai,
+                               f"relative bias (%) of each, equivalence margin ±{m:g}", "equivalent", margin=m,
+                               where=CAUSAL_WHERE),
+                         _stack({k: level(d, ai, "rel_bias", [k]) for k in dr})))
+    return table(rows, detail)
+
+
 # ------------------------------------------------------------------------------- Demonstration 2
 FOUR = ("OLS", "OLS+IGM", "HLM", "HLM+IGM")
 
@@ -549,6 +582,8 @@ def compare(study, summary: pd.DataFrame, ai: str, detail: bool = False) -> pd.D
     if study.objective == "prediction":
         reps = replication_table(res, truth, ["pmse"], wf.USABLE)
         return prediction_claims(reps, ai, detail=detail)
+    if study.objective == "causal":
+        return causal_claims(replication_table(res, truth, ["sq_error", "rel_bias"], wf.USABLE), ai, detail=detail)
     reps = replication_table(res, truth, ["rel_bias", "coverage"], wf.USABLE)
     return recovery_claims(reps, ai, _level_of(study), detail=detail)
 
@@ -558,7 +593,7 @@ def compare_ablation(study, perf: pd.DataFrame, detail: bool = False) -> pd.Data
     paper did not study)."""
     from . import workflow as wf
 
-    if study.objective not in PAPER_OBJECTIVES:
+    if study.objective not in ("prediction", "recovery"):
         return pd.DataFrame()
     scenarios = wf.ablation_scenarios(study)
     roles = scenario_roles({k: v for k, v in study["ablation"]["scenarios"].items()})

@@ -423,6 +423,7 @@ PER_REPLICATION = {
     "pmse": "the data set's mean squared prediction error (pred_error)",
     "bias": "estimate - truth",
     "rel_bias": "100 (estimate - truth) / truth",
+    "sq_error": "(estimate - truth)^2 (its mean is the MSE)",
     "coverage": "1 if the interval holds the truth, else 0",
 }
 
@@ -431,7 +432,7 @@ def per_replication(results: pd.DataFrame, truth: Any = None, by: Sequence[str] 
                     measure: str = "pmse", usable: Iterable[str] = ("ok", "warning", "singular")) -> pd.DataFrame:
     """The per-replication contributions of a measure that is a mean over replications.
 
-    ``pmse``, ``bias``, ``rel_bias`` and ``coverage`` (:data:`PER_REPLICATION`) are means of one number per
+    ``pmse``, ``bias``, ``rel_bias``, ``sq_error`` and ``coverage`` (:data:`PER_REPLICATION`) are means of one number per
     usable replication; this returns those numbers, one row per (by..., method, parameter, rep) with a
     ``value`` column, so that two methods run on the same data sets can be compared replication by
     replication (:func:`paired_difference`).  The mean of ``value`` within a group equals the measure of
@@ -465,6 +466,8 @@ def per_replication(results: pd.DataFrame, truth: Any = None, by: Sequence[str] 
         elif measure == "rel_bias":
             with np.errstate(divide="ignore", invalid="ignore"):
                 val = np.where(th != 0, 100 * (est - th) / th, np.nan)
+        elif measure == "sq_error":
+            val = (est - th) ** 2
         else:
             lo, hi = (pd.to_numeric(res[c], errors="coerce").to_numpy(float) for c in ("ci_lower", "ci_upper"))
             val = np.where(np.isfinite(lo) & np.isfinite(hi) & np.isfinite(th) & np.isfinite(est),
