@@ -68,6 +68,14 @@ def test_book_built_with_every_stage_page(quick_book):
             assert page.is_file(), page
     stage1 = (out / "_build" / "html" / "book" / "executed" / "hsb-prediction" / "1-specify.html").read_text()
     assert "Stage 1" in stage1 and "<img" in stage1 and "injected-parameters" not in stage1
+    for study in ("hsb-causal", "hsb-generators"):
+        for stage in st.load(study, "quick", ROOT).stages:
+            assert (out / "_build" / "html" / "book" / "executed" / study / f"{stage}.html").is_file(), (study, stage)
+    causal = (out / "_build" / "html" / "book" / "executed" / "hsb-causal" / "5-evaluate.html").read_text()
+    assert "IPW has a larger MSE than AIPW" in causal and "AIPW (multilevel)" in causal
+    compared = (out / "_build" / "html" / "book" / "executed" / "hsb-generators" / "3-quality.html").read_text()
+    assert "Compared with the second paper" in compared and "tabular-transformer" in compared
+    assert "this study has no Stage 4" in compared
 
 
 @pytest.mark.slow
@@ -184,7 +192,7 @@ def test_source_notebooks_have_parameters_cell_and_no_outputs():
 def test_all_means_the_studies_of_the_book():
     from mlsimkit.runner import book_studies
 
-    assert book_studies(ROOT) == ["hsb-prediction", "hsb-recovery", "exam-prediction"]
+    assert book_studies(ROOT) == ["hsb-prediction", "hsb-recovery", "exam-prediction", "hsb-causal", "hsb-generators"]
     assert "hsls-prediction" in st.available(ROOT)  # a params file, but not part of the default book
 
 
