@@ -31,30 +31,8 @@ import torch
 
 import mlsimkit.datasets as ds
 from mlsimkit.generators.transformer import SIZE_COLUMN, TabularTransformerGenerator, _encode
-from mlsimkit.icc import anova_components
 
-VARS = ("MathAch", "SES")
-
-
-def icc(df: pd.DataFrame, col: str, key: str = "School") -> float:
-    return anova_components(df[col].to_numpy(float), df[key].to_numpy())["icc"]
-
-
-def similarity(a: float, b: float) -> float:
-    return 1.0 - abs(np.cbrt(max(a, 0.0)) - np.cbrt(max(b, 0.0)))
-
-
-def reference_band(data, splits: int, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    schools = data.parent.School.to_numpy()
-    out = {v: [] for v in VARS}
-    for _ in range(splits):
-        perm = rng.permutation(schools)
-        a = data.child[data.child.School.isin(perm[: len(perm) // 2])]
-        b = data.child[data.child.School.isin(perm[len(perm) // 2:])]
-        for v in VARS:
-            out[v].append(similarity(icc(b, v), icc(a, v)))
-    return {v: [round(float(np.quantile(s, q)), 3) for q in (0.025, 0.5, 0.975)] for v, s in out.items()}
+from bench_diffusion import VARS, icc, reference_band, similarity  # the same ICC band as the diffusion benchmark
 
 
 def school_tokens(gen, data) -> set:
