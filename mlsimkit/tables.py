@@ -64,11 +64,12 @@ def choice_sentence(choice: Mapping) -> str:
     scores = choice.get("mean_scores", {})
     others = [f"{name} {score:.3f}" for name, score in scores.items() if name != choice["best"]]
     best = scores.get(choice["best"])
-    text = (f"Stage 4 simulates with **{choice['best']}**" if choice.get("simulates", True) else
-            f"The best generator by these scores is **{choice['best']}** (this study has no Stage 4)")
-    if best is None:
-        return text + "."
-    return text + f" (mean of the headline scores {best:.3f}" + (f"; {', '.join(others)})." if others else ").")
+    simulates = choice.get("simulates", True)
+    text = (f"Stage 4 simulates with **{choice['best']}**" if simulates else
+            f"The best generator by these scores is **{choice['best']}**")
+    if best is not None:
+        text += f" (mean of the headline scores {best:.3f}" + (f"; {', '.join(others)})" if others else ")")
+    return text + ("." if simulates else "; this study has no Stage 4.")
 
 
 def metric_matrix(summary: pd.DataFrame, domains, digits: int = 3, items=None):

@@ -28,7 +28,9 @@ def test_choice_sentence_names_the_choice_and_the_others():
     text = tables.choice_sentence({"best": "clavaddpm", "mean_scores": {"clavaddpm": 0.95123, "ctgan": 0.8}})
     assert text == "Stage 4 simulates with **clavaddpm** (mean of the headline scores 0.951; ctgan 0.800)."
     assert tables.choice_sentence({"best": "x"}) == "Stage 4 simulates with **x**."
-    assert tables.choice_sentence({"best": "x", "simulates": False}).startswith("The best generator by these")
+    assert tables.choice_sentence({"best": "x", "simulates": False, "mean_scores": {"x": 0.9, "y": 0.8}}) == (
+        "The best generator by these scores is **x** (mean of the headline scores 0.900; y 0.800); "
+        "this study has no Stage 4.")
 
 
 def test_metric_matrix_puts_datasets_side_by_side_with_the_band():

@@ -102,6 +102,8 @@ def sentence(table: pd.DataFrame) -> str:
     """How many of the paper's findings this build reproduced, as one Markdown sentence."""
     v = table["verdict"].str.split(":").str[0]
     applicable = v[v != "not applicable"]
+    k = {v: int((applicable == v).sum()) for v in ("holds", "does not hold", "inconclusive")}
     return (f"Of the second paper's {len(table)} findings, {len(applicable)} apply to this study's generators: "
-            f"{(applicable == 'holds').sum()} hold, {(applicable == 'does not hold').sum()} do not, "
-            f"{(applicable == 'inconclusive').sum()} are inconclusive.")
+            f"{k['holds']} hold{'s' if k['holds'] == 1 else ''}, {k['does not hold']} "
+            f"{'does' if k['does not hold'] == 1 else 'do'} not, {k['inconclusive']} "
+            f"{'is' if k['inconclusive'] == 1 else 'are'} inconclusive.")
