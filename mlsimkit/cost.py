@@ -31,17 +31,13 @@ TIMINGS = "timings.json"
 
 def record(run_dir: str | Path, stage: str, *, started: float | None = None, seconds: float | None = None) -> None:
     """Note that ``stage`` started (a Unix time) or finished after ``seconds`` of wall time."""
-    path = Path(run_dir) / TIMINGS
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        data = {}  # a damaged record is rewritten, never trusted
+    data = timings(run_dir)  # a damaged record is rewritten, never trusted
     entry = data.setdefault(stage, {})
     if started is not None:
         entry.update(started=float(started), seconds=None)
     if seconds is not None:
         entry["seconds"] = float(seconds)
-    write_text(path, json.dumps(data, indent=1))
+    write_text(Path(run_dir) / TIMINGS, json.dumps(data, indent=1))
 
 
 def timings(run_dir: str | Path) -> dict:
@@ -63,12 +59,17 @@ def _fits(results_files) -> tuple[int, int]:
     return n_data, n_fits
 
 
+def cores_available() -> int:
+    """The CPU cores this process may run on (its affinity on Linux, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def machine() -> str:
     """Cores available to this process, the CPU count, and the GPU (if torch sees one)."""
-    try:
-        avail = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        avail = os.cpu_count() or 1
+    avail = cores_available()
     gpu = "none"
     try:
         import torch

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import generators as G
-from .cost import REUSED
+from .cost import REUSED, cores_available
 from .data import MultilevelData
 from .errors import MlsimkitError, ParamsError
 from .io import atomic_path, write_text
@@ -148,8 +147,7 @@ def train_concurrently(study: Study, jobs, *, log: Callable = print) -> None:
         kind, kwargs, cache = _cached(study, data, name, settings)
         if not cache.is_file():
             todo.setdefault(cache, (label, kind, kwargs, data))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = min(len(todo), int(study["simulation"].get("n_jobs", 2)), cores)
+    n = min(len(todo), int(study["simulation"].get("n_jobs", 2)), cores_available())
     if n < 2:
         return
     from joblib import Parallel, delayed
@@ -884,13 +882,13 @@ def ablation_findings(study: Study, perf: pd.DataFrame) -> str:
 
 def ablation_original_note(study: Study, perf: pd.DataFrame) -> str:
     """What the ``original`` scenario is, checked against Stage 5: the Stage 2 model (same data and settings,
-    from the model cache) at ``ablation.n_schools`` with Stage 4's seeds, whose rows are Stage 4's where Stage 4
-    ran that generator, number of schools and as many replications (:func:`stage4_rows`); its quality rows
-    come from its own ``ablation.quality.candidates`` data sets, not Stage 3's."""
+    from the model cache) at ``ablation.n_schools`` with Stage 4's seeds, whose rows are Stage 4's where
+    :func:`ablation` reused them (its marker file, :data:`mlsimkit.cost.REUSED`); its quality rows come from its
+    own ``ablation.quality.candidates`` data sets, not Stage 3's."""
     n = int(study["ablation"]["n_schools"])
     k = int(study["ablation"].get("quality", {}).get("candidates", 3))
     reps = int(study["ablation"].get("reps") or study["simulation"]["reps"])
-    reused = stage4_rows(study, n, reps, study["ablation"].get("generator", "clavaddpm")) is not None
+    reused = (study.run_dir / "6-robustness" / "original" / REUSED).is_file()
     text = (f"The *original* scenario is the Stage 2 model (same data and settings, taken from the model cache) at "
             f"{n} schools with Stage 4's seeds: "
             + (f"its simulation rows are Stage 4's first {reps} replications at {n} schools, reused rather than "

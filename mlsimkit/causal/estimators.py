@@ -56,6 +56,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from ..errors import DataValidationError, ParamsError
+from ..lmm._model import single_thread_blas
 from ._design import (Encoder, Logistic, expit, group_codes, group_means, group_sums, independent_columns,
                       logit, no_overlap, treatment_codes)
 
@@ -426,8 +427,6 @@ def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None,
     ``n_treated_clusters``, ``dropped`` (the most outcome-model columns dropped as collinear or constant in
     one fit, on all the data or a training fold; NaN for DiM and IPW), ``status``, ``fit_time``.
     """
-    from ..lmm._model import single_thread_blas
-
     with single_thread_blas():
         return _estimate_ate(frame, spec, estimators=estimators, versions=versions, folds=folds, bounds=bounds,
                              alpha=alpha, seed=seed, small_sample=small_sample, crossfit=crossfit,
@@ -510,7 +509,7 @@ def overlap_table(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
         raise ParamsError(f"parameter 'version': expected one of {list(VERSIONS)}, got {version!r}")
     prep = frame if isinstance(frame, Prepared) else prepare(frame, spec)
     lo_b, hi_b = map(float, bounds)
-    with _blas1():
+    with single_thread_blas():
         if version == "single":
             g = Logistic(ridge=ridge).fit(prep.ps_single, prep.a).predict_proba1(prep.ps_single)
         else:
@@ -527,9 +526,3 @@ def overlap_table(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
                      "g_max": q[4], "share_trimmed": float(np.mean((ga < lo_b) | (ga > hi_b))), "ess": ess,
                      "ess_share": ess / m.sum()})
     return pd.DataFrame(rows)
-
-
-def _blas1():
-    from ..lmm._model import single_thread_blas
-
-    return single_thread_blas()

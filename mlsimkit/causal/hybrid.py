@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from ..data import MultilevelData
 from ..errors import DataValidationError, ParamsError
 from ..generators.base import as_rng
+from ..lmm._model import single_thread_blas
 from ._design import (Encoder, Logistic, expit, group_codes, group_means, independent_columns, no_overlap,
                       treatment_codes)
 
@@ -116,8 +117,6 @@ class HybridGenerator:
     # ------------------------------------------------------------------ fit
     def fit(self, real: MultilevelData) -> "HybridGenerator":
         """Learn g and Q (and the variances) on the real data."""
-        from ..lmm._model import single_thread_blas
-
         with single_thread_blas():
             return self._fit(real)
 

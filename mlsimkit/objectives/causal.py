@@ -157,13 +157,15 @@ def analyse_causal(condition, data, rng, *, spec, estimator: str, version: str, 
 
 def methods(m: dict, cluster: str) -> dict:
     """``{"<estimator> (<version>)": analyse}`` picklable partials."""
+    from ..causal.estimators import ESTIMATORS, VERSIONS
+
     cs = _causal_spec(m, cluster)
     settings = {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
                 "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome"),
                 "ridge": float(m.get("ridge", 1.0)), "check_overlap": False}
     out = {}
-    for est in m.get("estimators", ["DiM", "OR", "IPW", "AIPW", "TMLE"]):
-        for ver in (["unadjusted"] if est == "DiM" else m.get("versions", ["single", "multilevel"])):
+    for est in m.get("estimators", ESTIMATORS):
+        for ver in (["unadjusted"] if est == "DiM" else m.get("versions", VERSIONS)):
             out[f"{est} ({ver})"] = functools.partial(analyse_causal, spec=cs, estimator=est, version=ver,
                                                       settings=settings)
     return out
@@ -196,9 +198,11 @@ def tables(study, summary: pd.DataFrame) -> dict:
 
 
 def figures(study, summary: pd.DataFrame) -> dict:
-    """Bias and RMSE by number of schools, with MCSE bars, one line per method."""
+    """Bias, RMSE and coverage (against its nominal ``1 - alpha``) by number of schools, with MCSE bars, one
+    line per method."""
     import matplotlib.pyplot as plt
 
+    nominal = 1 - float(spec(study).get("alpha", 0.05))
     out = {}
     for src, sub in summary.groupby("source", sort=False):
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -206,7 +210,7 @@ def figures(study, summary: pd.DataFrame) -> dict:
             for meth, ms in sub[sub["measure"] == meas].groupby("method", sort=False):
                 ms = ms.sort_values("n_schools")
                 ax.errorbar(ms["n_schools"], ms["value"], yerr=ms["mcse"], marker="o", capsize=2, label=meth)
-            ax.axhline(0.95 if meas == "coverage" else 0.0, color="grey", lw=0.8, ls="--")
+            ax.axhline(nominal if meas == "coverage" else 0.0, color="grey", lw=0.8, ls="--")
             ax.set_xscale("log")
             ax.set_xlabel("number of schools")
             ax.set_title(meas)
