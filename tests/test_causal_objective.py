@@ -42,9 +42,12 @@ def test_plugin_is_complete_and_truth_is_the_hybrid_coefficient(setup):
 def test_check_model_names_the_key(setup):
     st, data, _ = setup
     obj = objectives.get("causal")
-    model = dict(st.spec["model"], treatment="SES", learner="boosting", bounds=[0.6, 0.9])
+    model = dict(st.spec["model"], treatment="SES", learner="boosting", bounds=[0.6, 0.9], df="t")
     keys = [k for k, _ in obj.check_model(model, data.schema)]
     assert "model.treatment" in keys and "model.learner" in keys and "model.bounds" in keys
+    assert "model.df" in keys
+    settings = obj.methods(dict(st.spec["model"], df="normal"), data.cluster_key)["OR (single)"].keywords["settings"]
+    assert settings["df"] == "normal"
     assert obj.check_model(st.spec["model"], data.schema) == []
 
 

@@ -17,6 +17,7 @@ The params file declares the roles and the estimators under ``model:``::
       crossfit: outcome           # outcome | all | none (mlsimkit.causal.estimators.estimate_ate)
       bounds: [0.01, 0.99]        # propensity truncation
       alpha: 0.05
+      df: clusters                # critical value of the cluster-robust intervals: clusters (t, J-1 df) | normal
 
 Every trained generator is a source: its sample supplies W, and the hybrid generator
 (:class:`~mlsimkit.causal.hybrid.HybridGenerator`, fitted once on the real data in :func:`prepare`) draws the
@@ -36,7 +37,7 @@ from ..tables import value_mcse
 from . import _columns as C
 
 MODEL_KEYS = ("treatment", "treated", "outcome", "student", "school", "learner", "overlap", "ridge", "estimators",
-              "versions", "folds", "crossfit", "bounds", "alpha")
+              "versions", "folds", "crossfit", "bounds", "alpha", "df")
 SOURCES = ()
 MEASURES = ("bias", "empse", "rmse", "modelse", "relerror", "coverage", "fail_rate")
 ABLATION_MEASURES = ("bias", "rmse", "coverage")
@@ -91,6 +92,9 @@ def check_model(model, schema: Schema) -> list[tuple[str, str]]:
     alpha = model.get("alpha", 0.05)
     if not isinstance(alpha, float) or not 0 < alpha < 1:
         out.append(("model.alpha", f"expected a number in (0, 1), got {alpha!r}"))
+    if model.get("df", "clusters") not in ("clusters", "normal"):
+        out.append(("model.df", "expected 'clusters' (Student's t on J - 1 degrees of freedom, J schools) or "
+                                f"'normal', got {model.get('df')!r}"))
     return out
 
 
@@ -162,7 +166,7 @@ def methods(m: dict, cluster: str) -> dict:
     cs = _causal_spec(m, cluster)
     settings = {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
                 "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome"),
-                "ridge": float(m.get("ridge", 1.0)), "check_overlap": False}
+                "ridge": float(m.get("ridge", 1.0)), "df": m.get("df", "clusters"), "check_overlap": False}
     out = {}
     for est in m.get("estimators", ESTIMATORS):
         for ver in (["unadjusted"] if est == "DiM" else m.get("versions", VERSIONS)):
