@@ -440,6 +440,14 @@ def source(study: Study, data: MultilevelData, name: str, path=None, fixed=None)
     return obj.source(study, data, name, path, obj.prepare(study, data) if fixed is None else fixed)
 
 
+def design_context(study: Study, data: MultilevelData, sources: dict | None = None) -> dict:
+    """What Stage 4 shows about the design before it runs: ``{title: (table or figure, sentence)}`` from the
+    objective's ``design_context(study, data, sources)`` (e.g. the causal objective's overlap diagnostics), or
+    ``{}`` for an objective without one. ``sources``: the result of :func:`sources`."""
+    fn = getattr(objective(study), "design_context", None)
+    return {} if fn is None else fn(study, data, sources)
+
+
 def simulate(study: Study, data: MultilevelData, *, which: str = "4-simulate", n_schools=None, reps=None,
              source_list: dict | None = None, progress: bool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stage 4: run every source's simulation (resumable store per source); returns (results, truth).

@@ -70,3 +70,33 @@ def test_real_data_without_overlap_fails_up_front_and_replications_skip_the_chec
     m = obj.spec(st)
     settings = obj.methods(m, data.cluster_key)["AIPW (multilevel)"].keywords["settings"]
     assert settings["check_overlap"] is False and settings["ridge"] == float(m["ridge"])
+
+
+def test_design_context_shows_overlap_for_causal_only(setup):
+    """Stage 4's hook: the causal objective returns the overlap figure and the overlap table of the real data
+    and of one hybrid draw at the largest number of schools; the prediction objective returns nothing."""
+    from matplotlib.figure import Figure
+
+    from mlsimkit import workflow as wf
+
+    st, data, path = setup
+    obj = objectives.get("causal")
+    srcs = {"bootstrap": obj.source(st, data, "bootstrap", path)}
+    out = wf.design_context(st, data, srcs)
+    assert list(out) == ["Overlap: the propensity of the real schools", "Overlap: ESS and share truncated, by arm"]
+    fig, note = out["Overlap: the propensity of the real schools"]
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 and "overlap` = 0.5" in note
+    table, _ = out["Overlap: ESS and share truncated, by arm"]
+    n_max = max(st["simulation"]["n_schools"])
+    assert list(table.index.get_level_values("data").unique()) == ["real data",
+                                                                     f"hybrid draw, {n_max} schools (bootstrap)"]
+    real = table.loc["real data"]
+    assert real["n_schools"].sum() == data.n_clusters and real.loc["treated", "n_schools"] == 70
+    draw = table.xs(f"hybrid draw, {n_max} schools (bootstrap)")
+    assert draw["n_schools"].sum() == n_max
+    assert ((table["ess_share"] > 0) & (table["ess_share"] <= 1)).all()
+    # the real data's weak overlap as learned shows in the ESS: below the draw's at overlap 0.5
+    assert (real["ess_share"] < draw["ess_share"]).all()
+    # without sources: no draw, the hybrid fitted here
+    assert len(wf.design_context(st, data)["Overlap: ESS and share truncated, by arm"][0]) == 2
+    assert wf.design_context(S.load("hsb-prediction", profile="quick"), data) == {}

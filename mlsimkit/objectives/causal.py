@@ -241,3 +241,81 @@ def findings(study, summary: pd.DataFrame) -> str:
             lines.append("  - coverage: " + "; ".join(f"{r.method} {r.value:.3f} ({r.mcse:.3f})"
                                                       for r in cov.itertuples()) + ".")
     return "\n".join(lines)
+
+
+# ============================================================================ Stage 4: the design's overlap
+def overlap_figure(hybrid, data, *, bounds=(0.01, 0.99)):
+    """Histograms of the real schools' propensities by their (real) arm: as learned (overlap 1) and as the
+    hybrid design draws the treatment (its ``overlap`` setting), with the truncation ``bounds`` marked.
+
+    Returns a :class:`matplotlib.figure.Figure` made without pyplot (a notebook shows it once, where it is
+    displayed)."""
+    from matplotlib.figure import Figure
+
+    from ..causal._design import treatment_codes
+
+    a, _ = treatment_codes(data.parent[hybrid.treatment], hybrid.treatment, hybrid.treated)
+    fig = Figure(figsize=(10, 3.4))
+    axes = fig.subplots(1, 2, sharey=True)
+    edges = np.linspace(0, 1, 21)
+    for ax, s, label in ((axes[0], 1.0, "as learned (overlap 1)"),
+                         (axes[1], hybrid.overlap, f"hybrid design (overlap {hybrid.overlap:g})")):
+        g = hybrid.propensity(data, overlap=s)
+        for arm, name, color in ((1, "treated", "tab:orange"), (0, "control", "tab:blue")):
+            ax.hist(g[a == arm], bins=edges, alpha=0.6, color=color, label=f"{name} ({int(np.sum(a == arm))})")
+        for b in bounds:
+            ax.axvline(b, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("propensity of the school")
+        ax.set_title(label)
+    axes[0].set_ylabel("real schools")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def design_context(study, data, sources: dict | None = None, *, seed: int | None = None) -> dict:
+    """Stage 4's view of the design's overlap: ``{title: (figure or table, sentence)}``.
+
+    - the propensity of the real schools, as learned and at the hybrid design's ``overlap`` (:func:`overlap_figure`);
+    - :func:`~mlsimkit.causal.estimators.overlap_table` (the estimators' multilevel propensity: ESS, share
+      truncated, by arm) on the real data and on one hybrid draw at the largest number of schools of the design.
+
+    ``sources``: the ``{source: (generate, methods, truth)}`` of :func:`mlsimkit.workflow.sources` (the first
+    source's generator and hybrid are used; without it the hybrid is fitted here and no draw is shown).
+    ``seed``: of the draw (default: the study's ``seed``).
+    """
+    from ..causal.estimators import overlap_table, prepare as prepare_arrays
+
+    m = spec(study)
+    cs = _causal_spec(m, data.cluster_key)
+    bounds = tuple(float(b) for b in m.get("bounds", (0.01, 0.99)))
+    ridge = float(m.get("ridge", 1.0))
+    generate, src = None, None
+    if sources:
+        src, (generate, _, _) = next(iter(sources.items()))
+        hybrid = generate.keywords["hybrid"]
+    else:
+        hybrid = prepare(study, data)["hybrid"]
+    out = {}
+    g1, gd = hybrid.propensity(data, overlap=1.0), hybrid.propensity(data)
+    beyond = [float(np.mean((g < bounds[0]) | (g > bounds[1]))) for g in (g1, gd)]
+    out["Overlap: the propensity of the real schools"] = (overlap_figure(hybrid, data, bounds=bounds), (
+        f"The hybrid design draws each school's treatment from the propensity learned on the real schools, its "
+        f"linear predictor scaled by `overlap` = {hybrid.overlap:g} around its mean: {beyond[0]:.1%} of the real "
+        f"schools have a propensity beyond {bounds[0]:g} / {bounds[1]:g} as learned, {beyond[1]:.1%} in the "
+        f"design. Dashed lines: the estimators' truncation bounds."))
+    tabs = {"real data": overlap_table(data.join_as_one(), cs, bounds=bounds, ridge=ridge)}
+    if generate is not None:
+        n_max = int(max(study["simulation"]["n_schools"]))
+        s = int(study["seed"] if seed is None else seed)
+        draw = generate({"n_schools": n_max}, np.random.default_rng(np.random.SeedSequence(s)))
+        prep = prepare_arrays(draw.join_as_one(), cs, check_overlap=False)
+        tabs[f"hybrid draw, {n_max} schools ({src})"] = overlap_table(prep, bounds=bounds, ridge=ridge)
+    t = pd.concat(tabs, names=["data", ""]).droplevel(1).set_index("arm", append=True)
+    out["Overlap: ESS and share truncated, by arm"] = (t.drop(columns="version").round(3), (
+        "The estimators' school-level propensity (multilevel version, fitted on all the schools) on the real "
+        "data and on one hybrid draw: quantiles of the students' propensities, the share of students whose "
+        f"propensity is truncated at {bounds[0]:g} / {bounds[1]:g} (*share_trimmed*), and Kish's effective "
+        "sample size of each arm's inverse-probability weights (*ess*; *ess_share* = ess / students): the "
+        "smaller the ESS, the fewer students IPW, AIPW and TMLE effectively lean on."))
+    return out
