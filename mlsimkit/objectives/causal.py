@@ -248,15 +248,14 @@ def overlap_figure(hybrid, data, *, bounds=(0.01, 0.99)):
     """Histograms of the real schools' propensities by their (real) arm: as learned (overlap 1) and as the
     hybrid design draws the treatment (its ``overlap`` setting), with the truncation ``bounds`` marked.
 
-    Returns a :class:`matplotlib.figure.Figure` made without pyplot (a notebook shows it once, where it is
-    displayed)."""
-    from matplotlib.figure import Figure
+    Returns a :class:`matplotlib.figure.Figure`, already closed in pyplot: a notebook shows it once, where it
+    is displayed (``display(fig)``), not again at the end of the cell."""
+    import matplotlib.pyplot as plt
 
     from ..causal._design import treatment_codes
 
     a, _ = treatment_codes(data.parent[hybrid.treatment], hybrid.treatment, hybrid.treated)
-    fig = Figure(figsize=(10, 3.4))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig, axes = plt.subplots(1, 2, sharey=True, figsize=(10, 3.4))
     edges = np.linspace(0, 1, 21)
     for ax, s, label in ((axes[0], 1.0, "as learned (overlap 1)"),
                          (axes[1], hybrid.overlap, f"hybrid design (overlap {hybrid.overlap:g})")):
@@ -270,6 +269,7 @@ def overlap_figure(hybrid, data, *, bounds=(0.01, 0.99)):
     axes[0].set_ylabel("real schools")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
