@@ -140,12 +140,12 @@ def test_faithfulness_agrees_and_its_negative_control_disagrees():
     same = obj.faithfulness(_summary([0.1, 0.2, 0.3], [0.15, 0.25, 0.4], [0.05, -0.05, 0.001],
                                      [0.1, -0.2, -0.005]))
     r = same.iloc[0]
-    assert r["same RMSE ranking"] and r["Spearman rho"] == 1.0 and r["same bias sign"] == "3 of 3"
+    assert r["same RMSE ranking"] == "yes" and r["Spearman rho"] == 1.0 and r["same bias sign"] == "3 of 3"
     assert r["sign differs"] == "none" and r["smallest RMSE, real"] == "A"
     diff = obj.faithfulness(_summary([0.1, 0.2, 0.3], [0.4, 0.25, 0.15], [0.05, -0.05, 0.1],
                                      [-0.1, -0.2, 0.005]))
     r = diff.iloc[0]
-    assert not r["same RMSE ranking"] and r["Spearman rho"] == -1.0 and r["smallest RMSE, real"] == "C"
+    assert r["same RMSE ranking"] == "no" and r["Spearman rho"] == -1.0 and r["smallest RMSE, real"] == "C"
     assert r["same bias sign"] == "1 of 3" and r["sign differs"] == "A (+/-); C (+/0)"
     text = obj.findings(None, _summary([0.1, 0.2, 0.3], [0.4, 0.25, 0.15], [0.05, -0.05, 0.1],
                                        [-0.1, -0.2, 0.005]))

@@ -319,7 +319,7 @@ def faithfulness(summary: pd.DataFrame) -> pd.DataFrame:
     """Per other (hybrid) source and number of schools present in both it and :data:`REAL`: whether the
     methods' ranking by RMSE agrees between the two sources and whether each method's bias has the same sign.
 
-    Columns: ``source``, ``n_schools``, ``methods`` (compared), ``same RMSE ranking`` (identical order),
+    Columns: ``source``, ``n_schools``, ``methods`` (compared), ``same RMSE ranking`` (``yes``: identical order),
     ``Spearman rho`` (rank correlation of the RMSEs), ``smallest RMSE, hybrid`` / ``smallest RMSE, real``,
     ``same bias sign`` (``k of K``) and ``sign differs`` (the methods whose signs differ, ``name (hybrid/real)``).
     A bias's sign is +, - or 0, 0 when ``|bias| <= 2 MCSE`` (:data:`SIGN_Z`). Empty without :data:`REAL` or
@@ -348,7 +348,8 @@ def faithfulness(summary: pd.DataFrame) -> pd.DataFrame:
             sym = {1: "+", -1: "-", 0: "0"}
             differ = [f"{mth} ({sym[a]}/{sym[b]})" for mth, (a, b) in sign.items() if a != b]
             rows.append({"source": src, "n_schools": n, "methods": len(common),
-                         "same RMSE ranking": list(h.sort_values().index) == list(r.sort_values().index),
+                         "same RMSE ranking": "yes" if list(h.sort_values().index) == list(r.sort_values().index)
+                         else "no",
                          "Spearman rho": round(float(spearmanr(h, r).statistic), 2),
                          "smallest RMSE, hybrid": h.idxmin(), "smallest RMSE, real": r.idxmin(),
                          "same bias sign": f"{len(sign) - len(differ)} of {len(sign)}",
@@ -400,7 +401,7 @@ def findings(study, summary: pd.DataFrame) -> str:
     faith = faithfulness(summary)
     for d in faith.to_dict("records"):
         lines.append(f"- **{d['source']} next to {REAL}**, {d['n_schools']} schools: RMSE ranking "
-                     f"{'identical' if d['same RMSE ranking'] else 'different'} (Spearman rho "
+                     f"{'identical' if d['same RMSE ranking'] == 'yes' else 'different'} (Spearman rho "
                      f"{d['Spearman rho']:.2f}; smallest RMSE {d['smallest RMSE, hybrid']} on hybrid data, "
                      f"{d['smallest RMSE, real']} on real subsamples); bias sign (0 within 2 MCSE) the same for "
                      f"{d['same bias sign']} methods"
