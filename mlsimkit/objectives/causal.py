@@ -18,11 +18,23 @@ The params file declares the roles and the estimators under ``model:``::
       bounds: [0.01, 0.99]        # propensity truncation
       alpha: 0.05
       df: clusters                # critical value of the cluster-robust intervals: clusters (t, J-1 df) | normal
+      pseudo_truth: AIPW (multilevel)   # the reference method of the ``real schools`` source (its default)
 
 Every trained generator is a source: its sample supplies W, and the hybrid generator
 (:class:`~mlsimkit.causal.hybrid.HybridGenerator`, fitted once on the real data in :func:`prepare`) draws the
 treatment and the outcome. The truth is the hybrid outcome model's exact ATE (its treatment coefficient).
 Methods are named ``"<estimator> (<version>)"``; each row's parameter is ``ATE``.
+
+The source ``real schools`` (:data:`REAL`, the causal paper's faithfulness check) draws no synthetic data:
+each replication is ``n_schools`` **real** schools with all their students, their real treatment and real
+outcome, drawn **without replacement** (a subsample) when ``n_schools`` is below the number of real schools J
+and **with replacement** (a school bootstrap, a school drawn twice counting as two schools) when it is J or
+more (:func:`real_schools_generate`). Its truth is a **pseudo-truth**: the full-data estimate of the reference
+method ``model.pseudo_truth`` on all real schools (:func:`full_data_estimates`). It is that method's own
+full-data value only: another method's "bias" against it adds that method's full-data disagreement with the
+reference, shown by :func:`full_data_table` so that the two can be read apart. The estimators' error pattern
+on these subsamples, next to their pattern on the hybrid data, says whether the hybrid engine ranks the
+estimators as the real data would (:func:`faithfulness`).
 """
 
 from __future__ import annotations
@@ -37,8 +49,12 @@ from ..tables import value_mcse
 from . import _columns as C
 
 MODEL_KEYS = ("treatment", "treated", "outcome", "student", "school", "learner", "overlap", "ridge", "estimators",
-              "versions", "folds", "crossfit", "bounds", "alpha", "df")
-SOURCES = ()
+              "versions", "folds", "crossfit", "bounds", "alpha", "df", "pseudo_truth")
+#: The source of subsamples of the real schools (module docstring).
+REAL = "real schools"
+SOURCES = (REAL,)
+#: Default of ``model.pseudo_truth``: the method whose full-data estimate is the ``real schools`` truth.
+PSEUDO_TRUTH = "AIPW (multilevel)"
 MEASURES = ("bias", "empse", "rmse", "modelse", "relerror", "coverage", "fail_rate")
 ABLATION_MEASURES = ("bias", "rmse", "coverage")
 
@@ -95,7 +111,20 @@ def check_model(model, schema: Schema) -> list[tuple[str, str]]:
     if model.get("df", "clusters") not in ("clusters", "normal"):
         out.append(("model.df", "expected 'clusters' (Student's t on J - 1 degrees of freedom, J schools) or "
                                 f"'normal', got {model.get('df')!r}"))
+    ref = model.get("pseudo_truth", PSEUDO_TRUTH)
+    names = method_names(model) if not any(k.startswith(("model.estimators", "model.versions")) for k, _ in out) \
+        else None
+    if names is not None and ref not in names:
+        out.append(("model.pseudo_truth", f"expected one of the study's methods {names}, got {ref!r}"))
     return out
+
+
+def method_names(m: dict) -> list[str]:
+    """``"<estimator> (<version>)"`` of every method ``m`` (the ``model:`` mapping) declares, in order."""
+    from ..causal.estimators import ESTIMATORS, VERSIONS
+
+    return [f"{est} ({ver})" for est in m.get("estimators", ESTIMATORS)
+            for ver in (["unadjusted"] if est == "DiM" else m.get("versions", VERSIONS))]
 
 
 def check_traditional(settings) -> list[tuple[str, str]]:
@@ -175,8 +204,82 @@ def methods(m: dict, cluster: str) -> dict:
     return out
 
 
+def real_schools_generate(condition, rng, *, subsample, bootstrap):
+    """``n_schools`` real schools with all their students, their real treatment and outcome (fresh keys).
+
+    Drawn **without replacement** (``subsample``, a fitted
+    :class:`~mlsimkit.generators.SchoolBootstrap` with ``replace=False``) when ``n_schools`` is below the
+    number of real schools J, and **with replacement** (``bootstrap``, ``replace=True``: a school bootstrap)
+    when it is J or more; every draw comes from ``rng`` (the engine's data-generation generator), so a seed
+    gives the same schools whatever the backend.
+    """
+    from ..demonstrations import _n_schools
+
+    n = _n_schools(condition)
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    gen = subsample if n < len(subsample.tables_[subsample.schema_.levels[0]]) else bootstrap
+    return gen.sample(n, seed=rng)
+
+
+def real_schools(data):
+    """``(subsample, bootstrap)``: the school samplers of :func:`real_schools_generate`, fitted on ``data``
+    (one copy of the real tables, shared)."""
+    import copy
+
+    from ..generators import SchoolBootstrap
+
+    sub = SchoolBootstrap(replace=False).fit(data)
+    boot = copy.copy(sub)
+    boot.replace = True
+    return sub, boot
+
+
+def full_data_estimates(study, data, only=None) -> pd.DataFrame:
+    """Every method's estimate (or those named in ``only``) on all the real schools (columns ``method,
+    estimate, se``), with the methods' own settings and a seed fixed by the study's ``seed`` (cross-fitting
+    folds). The row of ``model.pseudo_truth`` is the ``real schools`` source's pseudo-truth."""
+    m = spec(study)
+    rows = []
+    for name, f in methods(m, data.cluster_key).items():
+        if only is not None and name not in only:
+            continue
+        rng = np.random.default_rng(np.random.SeedSequence(int(study["seed"]), spawn_key=(7,)))
+        r = f({"n_schools": None}, data, rng)[0]
+        rows.append({"method": name, "estimate": float(r["estimate"]), "se": float(r["se"])})
+    return pd.DataFrame(rows)
+
+
+def pseudo_truth(study, estimates: pd.DataFrame) -> float:
+    """The full-data estimate of the reference method ``model.pseudo_truth`` (in ``estimates``)."""
+    ref = spec(study).get("pseudo_truth", PSEUDO_TRUTH)
+    row = estimates[estimates["method"] == ref]
+    if row.empty:
+        from ..errors import ParamsError
+
+        raise ParamsError(f"parameter 'model.pseudo_truth': {ref!r} is not one of the study's methods "
+                          f"{estimates['method'].tolist()}")
+    return float(row["estimate"].iloc[0])
+
+
+def full_data_table(study, estimates: pd.DataFrame) -> pd.DataFrame:
+    """Each method's full-data estimate (cluster-robust SE) and its difference from the pseudo-truth: the part
+    of that method's ``real schools`` bias that is full-data disagreement, not finite-sample error."""
+    ref = pseudo_truth(study, estimates)
+    out = estimates.set_index("method")[["estimate", "se"]].copy()
+    out["minus pseudo-truth"] = out["estimate"] - ref
+    return out.round(3)
+
+
 def source(study, data, name: str, path=None, fixed=None) -> tuple:
-    """``(generate, methods, truth)`` of a saved generator (the covariate source)."""
+    """``(generate, methods, truth)`` of a saved generator (the covariate source), or of :data:`REAL`
+    (subsamples of the real schools; truth: :func:`pseudo_truth`)."""
+    if name == REAL:
+        sub, boot = real_schools(data)
+        ref = spec(study).get("pseudo_truth", PSEUDO_TRUTH)
+        truth = pd.DataFrame({"parameter": ["ATE"],
+                              "truth": [pseudo_truth(study, full_data_estimates(study, data, only=[ref]))]})
+        return (functools.partial(real_schools_generate, subsample=sub, bootstrap=boot),
+                methods(spec(study), data.cluster_key), truth)
     fixed = fixed or prepare(study, data)
     h = fixed["hybrid"]
     ate = float(h.beta_[1])  # the treatment coefficient of the linear outcome model: the exact ATE (and ATT)
@@ -198,7 +301,64 @@ def tables(study, summary: pd.DataFrame) -> dict:
     for src, sub in d.groupby("source", sort=False):
         out[f"ATE, {src}"] = sub.pivot_table(index=["measure", "method"], columns="n_schools", values="cell",
                                              aggfunc="first", sort=False)
+    if REAL in set(summary["source"]):
+        ref = spec(study).get("pseudo_truth", PSEUDO_TRUTH)
+        out[f"ATE, {REAL}: full-data estimates and their difference from the pseudo-truth ({ref})"] = \
+            full_data_table(study, full_data_estimates(study, study.data()))
+        faith = faithfulness(summary)
+        if not faith.empty:
+            out[f"ATE, hybrid next to {REAL}: RMSE ranking and bias signs"] = faith.set_index(["source", "n_schools"])
     return out
+
+
+#: |bias| / MCSE beyond which the sign of a bias counts (below it the sign is "0": not distinguishable).
+SIGN_Z = 2.0
+
+
+def _sign(value: float, mcse: float) -> int:
+    return 0 if not abs(value) > SIGN_Z * mcse else int(np.sign(value))
+
+
+def faithfulness(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per other (hybrid) source and number of schools present in both it and :data:`REAL`: whether the
+    methods' ranking by RMSE agrees between the two sources and whether each method's bias has the same sign.
+
+    Columns: ``source``, ``n_schools``, ``methods`` (compared), ``same RMSE ranking`` (``yes``: identical order),
+    ``Spearman rho`` (rank correlation of the RMSEs), ``smallest RMSE, hybrid`` / ``smallest RMSE, real``,
+    ``same bias sign`` (``k of K``) and ``sign differs`` (the methods whose signs differ, ``name (hybrid/real)``).
+    A bias's sign is +, - or 0, 0 when ``|bias| <= 2 MCSE`` (:data:`SIGN_Z`). Empty without :data:`REAL` or
+    another source.
+    """
+    from scipy.stats import spearmanr
+
+    if REAL not in set(summary["source"]):
+        return pd.DataFrame()
+    real = summary[summary["source"] == REAL]
+    rows = []
+    for src, hyb in summary[summary["source"] != REAL].groupby("source", sort=False):
+        for n in sorted(set(hyb["n_schools"]) & set(real["n_schools"])):
+            def measure(d, meas):
+                d = d[(d["n_schools"] == n) & (d["measure"] == meas)].dropna(subset=["value"])
+                return d.set_index("method")[["value", "mcse"]]
+
+            hr, rr = measure(hyb, "rmse"), measure(real, "rmse")
+            common = [mth for mth in hr.index if mth in rr.index]
+            if len(common) < 2:
+                continue
+            h, r = hr.loc[common, "value"], rr.loc[common, "value"]
+            hb, rb = measure(hyb, "bias"), measure(real, "bias")
+            sign = {mth: (_sign(*hb.loc[mth]), _sign(*rb.loc[mth])) for mth in common
+                    if mth in hb.index and mth in rb.index}
+            sym = {1: "+", -1: "-", 0: "0"}
+            differ = [f"{mth} ({sym[a]}/{sym[b]})" for mth, (a, b) in sign.items() if a != b]
+            rows.append({"source": src, "n_schools": n, "methods": len(common),
+                         "same RMSE ranking": "yes" if list(h.sort_values().index) == list(r.sort_values().index)
+                         else "no",
+                         "Spearman rho": round(float(spearmanr(h, r).statistic), 2),
+                         "smallest RMSE, hybrid": h.idxmin(), "smallest RMSE, real": r.idxmin(),
+                         "same bias sign": f"{len(sign) - len(differ)} of {len(sign)}",
+                         "sign differs": "; ".join(differ) or "none"})
+    return pd.DataFrame(rows)
 
 
 def figures(study, summary: pd.DataFrame) -> dict:
@@ -219,7 +379,9 @@ def figures(study, summary: pd.DataFrame) -> dict:
             ax.set_xlabel("number of schools")
             ax.set_title(meas)
         axes[-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"ATE estimators on hybrid data ({src})")
+        fig.suptitle(f"ATE estimators on subsamples of the real schools (pseudo-truth: the full-data "
+                     f"{spec(study).get('pseudo_truth', PSEUDO_TRUTH)})" if src == REAL
+                     else f"ATE estimators on hybrid data ({src})")
         fig.tight_layout()
         out[f"ATE, {src}"] = fig
     return out
@@ -240,6 +402,14 @@ def findings(study, summary: pd.DataFrame) -> str:
         if len(cov):
             lines.append("  - coverage: " + "; ".join(f"{r.method} {r.value:.3f} ({r.mcse:.3f})"
                                                       for r in cov.itertuples()) + ".")
+    faith = faithfulness(summary)
+    for d in faith.to_dict("records"):
+        lines.append(f"- **{d['source']} next to {REAL}**, {d['n_schools']} schools: RMSE ranking "
+                     f"{'identical' if d['same RMSE ranking'] == 'yes' else 'different'} (Spearman rho "
+                     f"{d['Spearman rho']:.2f}; smallest RMSE {d['smallest RMSE, hybrid']} on hybrid data, "
+                     f"{d['smallest RMSE, real']} on real subsamples); bias sign (0 within 2 MCSE) the same for "
+                     f"{d['same bias sign']} methods"
+                     + ("." if d["sign differs"] == "none" else f" (differs, hybrid/real: {d['sign differs']})."))
     return "\n".join(lines)
 
 
