@@ -297,7 +297,10 @@ def quality_context(study, real, models: dict, summary: pd.DataFrame, holdout: d
     for metric in (F.DCR, F.TSTR):
         hit = summ[summ["item"] == metric]["reference"].dropna() if len(summ) and "reference" in summ else []
         ref[metric] = float(hit.iloc[0]) if len(hit) else np.nan
+    import matplotlib.pyplot as plt
+
     fig = F.figure(table, reference=ref, title=f"Causal fidelity ({method}; {draws} draw(s) per bar)")
+    plt.close(fig)  # shown where the notebook displays it, not again by the inline backend at the cell's end
     sentence = (f"Fully generative data keep the generator's own treatment and outcome; hybrid data keep its "
                 f"covariates and draw treatment and outcome from models fitted on the real schools. ATE MSE: mean "
                 f"squared difference between the {method} estimate on each of {draws} synthetic data set(s) and the "
