@@ -145,11 +145,15 @@ def _table(tstr_a, tstr_b, dcr_a=0.5, dcr_b=0.5):
 
 def test_agreement_sentence_follows_the_numbers():
     same = F.agreement(_table(0.8, 0.6, 0.5, 0.3), "OR (multilevel)")
-    assert "TSTR AUROC (OOD) (highest first) orders the fully generative data sets the same way" in same
-    assert "DCR share closer to hold-out (closest to 0.5 first) orders the fully generative data sets the same" in same
+    assert "TSTR AUROC (OOD) (highest first) orders the generators a, b, the ATE MSE (smallest first) a, b: the " \
+           "same order" in same
+    assert "DCR share closer to hold-out (closest to 0.5 first) orders the generators a, b, the ATE MSE (smallest " \
+           "first) a, b: the same order" in same
     diff = F.agreement(_table(0.6, 0.8, 0.3, 0.5), "OR (multilevel)")   # negative control: reversed metrics
-    assert "TSTR AUROC (OOD) (highest first) orders the fully generative data sets differently" in diff
-    assert "DCR share closer to hold-out (closest to 0.5 first) orders the fully generative data sets differently" in diff
+    assert "TSTR AUROC (OOD) (highest first) orders the generators b, a, the ATE MSE (smallest first) a, b: a " \
+           "different order" in diff
+    assert "DCR share closer to hold-out (closest to 0.5 first) orders the generators b, a" in diff
+    assert "the same order" not in diff
     assert "b: ATE MSE of OR (multilevel) 1 fully generative against 0.05 hybrid, smaller for the hybrid" in diff
     fig = F.figure(_table(0.8, 0.6), reference={F.DCR: 0.5})
     assert len(fig.axes) == 3 and fig.axes[2].get_yscale() == "log"

@@ -289,8 +289,9 @@ def agreement(table: pd.DataFrame, method: str) -> str:
     """One paragraph from ``table`` (:func:`fidelity_table`): do TSTR (higher better) and the DCR share (closer
     to 0.5 better) order the data sets as the ATE MSE (lower better) does, among the fully generative data
     sets, and which construction has the smaller ATE MSE per generator (with the MSE difference in MCSE)."""
-    t = table.assign(name=[f"{g} ({c})" for g, c in zip(table["generator"], table["construction"])]).set_index("name")
-    full = t[t["construction"] == "fully generative"]
+    t = table.set_index(["generator", "construction"])
+    full = t.xs("fully generative", level="construction") if "fully generative" in set(
+        table["construction"]) else t.iloc[:0]
     by_mse = _order(full["ATE MSE"], lambda x: x)
     parts = []
     if len(by_mse) > 1:
@@ -300,13 +301,14 @@ def agreement(table: pd.DataFrame, method: str) -> str:
             if len(order) < 2:
                 parts.append(f"{metric} is not available for the fully generative data sets of this build.")
                 continue
-            same = order == by_mse[:len(order)] and len(order) == len(by_mse)
-            parts.append(f"{metric} ({how}) orders the fully generative data sets "
-                         f"{'the same way as' if same else 'differently from'} their ATE MSE "
-                         f"({' > '.join(order)} against {' < '.join(by_mse)} by ATE MSE).")
+            same = order == by_mse
+            parts.append(f"Fully generative: {metric} ({how}) orders the generators {', '.join(order)}, the ATE "
+                         f"MSE (smallest first) {', '.join(by_mse)}: "
+                         f"{'the same order' if same else 'a different order'}.")
     elif len(by_mse) == 1:
         parts.append("With a single generator there is no ranking to compare.")
-    for gen, sub in t.groupby("generator", sort=False):
+    t = table.set_index("generator")
+    for gen, sub in t.groupby(level="generator", sort=False):
         sub = sub.set_index("construction")
         if set(CONSTRUCTIONS) <= set(sub.index):
             f, h = sub.loc["fully generative"], sub.loc["hybrid"]
