@@ -154,6 +154,9 @@ def test_agreement_sentence_follows_the_numbers():
            "different order" in diff
     assert "DCR share closer to hold-out (closest to 0.5 first) orders the generators b, a" in diff
     assert "the same order" not in diff
+    assert "not resolved" not in diff                                     # MSE 0.1 (0.02) against 1 (0.1)
+    tentative = _table(0.8, 0.6).assign(**{"ATE MSE MCSE": [0.5, 0.01, 0.5, 0.01]})
+    assert "not resolved beyond 2 MCSE" in F.agreement(tentative, "OR (multilevel)")
     assert "b: ATE MSE of OR (multilevel) 1 fully generative against 0.05 hybrid, smaller for the hybrid" in diff
     fig = F.figure(_table(0.8, 0.6), reference={F.DCR: 0.5})
     assert len(fig.axes) == 3 and fig.axes[2].get_yscale() == "log"

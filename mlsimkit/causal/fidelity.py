@@ -305,6 +305,11 @@ def agreement(table: pd.DataFrame, method: str) -> str:
             parts.append(f"Fully generative: {metric} ({how}) orders the generators {', '.join(order)}, the ATE "
                          f"MSE (smallest first) {', '.join(by_mse)}: "
                          f"{'the same order' if same else 'a different order'}.")
+        m, se = full["ATE MSE"], full["ATE MSE MCSE"]
+        gaps = [(m[b] - m[a]) / np.hypot(se[a], se[b]) for a, b in zip(by_mse, by_mse[1:])]
+        if not all(np.isfinite(g) and g > 2 for g in gaps):
+            parts.append("The ATE MSE order itself is not resolved beyond 2 MCSE at this number of draws, so "
+                         "these comparisons are tentative.")
     elif len(by_mse) == 1:
         parts.append("With a single generator there is no ranking to compare.")
     t = table.set_index("generator")
