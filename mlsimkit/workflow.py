@@ -373,6 +373,16 @@ def conditioning(generators: dict, data: MultilevelData, seed: int) -> pd.DataFr
     return pd.concat(parts, names=["generator", None]).reset_index(level=0).reset_index(drop=True)
 
 
+def quality_context(study: Study, data: MultilevelData, generators: dict, summary: pd.DataFrame, holdout: dict,
+                    seed: int) -> dict:
+    """Stage 3's objective-specific sections: ``{title: (table or figure, sentence)}`` from the objective's
+    ``quality_context`` hook (e.g. the causal objective's fully generative against hybrid comparison), ``{}``
+    for an objective without one. ``holdout``: :func:`quality_inputs`' result; ``summary``: the quality
+    report's summary."""
+    hook = getattr(objective(study), "quality_context", None) if study.objective else None
+    return {} if hook is None else hook(study, data, generators, summary, holdout, seed)
+
+
 # ============================================================================ Stage 3 -> 4
 def candidates(generators: dict, n_clusters: int, k: int, seed: int) -> dict:
     """``k`` synthetic data sets of ``n_clusters`` schools per generator (seeds spawned from ``seed``)."""

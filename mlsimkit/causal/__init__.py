@@ -5,6 +5,9 @@
   the overlap diagnostics (:func:`~mlsimkit.causal.estimators.overlap_table`).
 - :mod:`~mlsimkit.causal.hybrid`: the hybrid synthesizer of the causal paper (covariates from a generator,
   treatment and outcome from learned nuisance models) with the exact true ATE and ATT.
+- :mod:`~mlsimkit.causal.fidelity`: causal fidelity of synthetic data, the paper's Figure 1 (the ATE a fully
+  generative generator implies against its hybrid data, beside TSTR and DCR) and the DCR privacy of hybrid
+  data against held-out schools.
 - :mod:`~mlsimkit.causal.examples`: a known data-generating process for tests and benchmarks.
 
 Paper: *Generative Synthetic Data for Causal Inference: Pitfalls, Remedies, and Opportunities*

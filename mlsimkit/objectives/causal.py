@@ -488,4 +488,115 @@ def design_context(study, data, sources: dict | None = None, *, seed: int | None
         f"propensity is truncated at {bounds[0]:g} / {bounds[1]:g} (*share_trimmed*), and Kish's effective "
         "sample size of each arm's inverse-probability weights (*ess*; *ess_share* = ess / students): the "
         "smaller the ESS, the fewer students IPW, AIPW and TMLE effectively lean on."))
+
+
+# ============================================================================ Stage 3
+#: The reference estimators of Stage 3's causal-fidelity comparison (those of ``model.estimators`` among
+#: them; the multilevel version when ``model.versions`` has it).
+FIDELITY_ESTIMATORS = ("OR", "AIPW")
+
+
+def _fidelity_settings(study) -> tuple[tuple, str, dict]:
+    m = spec(study)
+    ests = tuple(e for e in FIDELITY_ESTIMATORS if e in m.get("estimators", FIDELITY_ESTIMATORS)) or ("OR",)
+    versions = m.get("versions", ["single", "multilevel"])
+    version = "multilevel" if "multilevel" in versions else versions[0]
+    settings = {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
+                "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome"),
+                "ridge": float(m.get("ridge", 1.0))}
+    return ests, version, settings
+
+
+def quality_context(study, real, models: dict, summary: pd.DataFrame, holdout: dict, seed: int) -> dict:
+    """Stage 3's causal fidelity (issue 13, items 2 and 6; :mod:`mlsimkit.causal.fidelity`):
+    ``{title: (table or figure, sentence)}``.
+
+    - the ATE each generator implies, **fully generative** (its own treatment and outcome) and **hybrid** (its
+      covariates, treatment and outcome from :func:`prepare`'s hybrid), on ``quality.n_synthetic`` data sets of
+      the real number of schools drawn with Stage 3's ``seed`` (the fully generative ones are Stage 3's
+      candidate data sets), by the reference estimators (:data:`FIDELITY_ESTIMATORS`, multilevel), against the
+      same estimators on the real data;
+    - the paper's Figure 1: DCR share closer to hold-out, TSTR AUROC (OOD) and ATE MSE per generator and
+      construction, with a sentence, from this build's numbers, on whether TSTR and DCR order the generators
+      as the ATE MSE does;
+    - the privacy of hybrid data against the held-out schools (``holdout``: :func:`mlsimkit.workflow.
+      quality_inputs`; covariates from its hold-out generators, a hybrid fitted on the training schools only).
+    """
+    from .. import quality
+    from ..causal import fidelity as F
+
+    ests, version, settings = _fidelity_settings(study)
+    draws = int(quality.default_settings(study.profile, study.get("quality"))["n_synthetic"])
+    cs = _causal_spec(spec(study), real.cluster_key)
+    hybrid = prepare(study, real)["hybrid"]
+    ate = F.generative_vs_hybrid(real, models, hybrid, cs, draws=draws, estimators=ests, version=version,
+                                 settings=settings, seed=seed)
+    errors = F.ate_errors(ate)
+    method = f"{ests[-1]} ({version})"
+    hold, held = (holdout or {}).get("holdout"), (holdout or {}).get("holdout_synthetic") or {}
+    privacy = pd.DataFrame(columns=["generator", "draw", "metric", "value"])
+    if hold is not None:
+        top = real.schema.top
+        pk = real.schema.tables[top].primary_key[0]
+        ids = real[top][pk].astype(str)
+        train = real.subset(ids[~ids.isin(set(hold[top][pk].astype(str)))])
+        h_train = prepare(study, train)["hybrid"]
+        privacy = F.hybrid_privacy(train, hold, {n: v for n, v in held.items() if n in models}, h_train, seed=seed)
+    summ = summary if summary is not None else pd.DataFrame()
+    table = F.fidelity_table(errors, privacy, summ, method, k=draws)
+    ref = {}
+    for metric in (F.DCR, F.TSTR):
+        hit = summ[summ["item"] == metric]["reference"].dropna() if len(summ) and "reference" in summ else []
+        ref[metric] = float(hit.iloc[0]) if len(hit) else np.nan
+    import matplotlib.pyplot as plt
+
+    fig = F.figure(table, reference=ref, title=f"Causal fidelity ({method}; {draws} draw(s) per bar)")
+    plt.close(fig)  # shown where the notebook displays it, not again by the inline backend at the cell's end
+    sentence = (f"Fully generative data keep the generator's own treatment and outcome; hybrid data keep its "
+                f"covariates and draw treatment and outcome from models fitted on the real schools. ATE MSE: mean "
+                f"squared difference between the {method} estimate on each of {draws} synthetic data set(s) and the "
+                f"same estimator on the real data ({errors['reference'][errors['method'] == method].iloc[0]:.3f}); "
+                "DCR share closer to hold-out: about 0.5 for data drawn from the population, 0 for copies of the "
+                "training schools; TSTR AUROC (OOD): classifiers trained on the synthetic data, tested on the "
+                "held-out schools (fully generative: Stage 3's rows above; hybrid: the hold-out generators' "
+                "covariates with a hybrid fitted on the training schools). " + F.agreement(table, method))
+    if np.isfinite(ref[F.DCR]) or np.isfinite(ref[F.TSTR]):
+        sentence += (f" Real vs real (dashed): DCR share {ref[F.DCR]:.3f}, TSTR AUROC (OOD) {ref[F.TSTR]:.3f}.")
+    out = {"Causal fidelity: fully generative against hybrid data (the causal paper's Figure 1)": (fig, sentence)}
+    shown = errors.copy()
+    shown["ATE MSE"] = [f"{v:.3g} ({s:.2g})" if np.isfinite(s) else f"{v:.3g}"
+                        for v, s in zip(errors["ATE MSE"], errors["MSE MCSE"])]
+    shown = shown.drop(columns="MSE MCSE").round(3).rename(columns={"ATE MSE": "ATE MSE (MCSE)"})
+    n_failed = int(errors["failed"].sum())
+    out["The ATE each synthetic data set implies"] = (shown.set_index(["generator", "construction", "method"]), (
+        f"Reference: each estimator on the real data. {draws} synthetic data set(s) of {real.n_clusters} schools per "
+        f"generator and construction; error = mean estimate - reference; {n_failed} failed fit(s) "
+        "(listed, not dropped). The hybrid's estimate targets its exact truth, the outcome model's treatment "
+        f"coefficient {float(hybrid.beta_[1]):.3f}, so its error mixes the estimators' finite-sample error with "
+        "the covariates' shift."))
+    if len(privacy):
+        agg = privacy.groupby(["generator", "metric"], sort=False)["value"].agg(
+            lambda v: f"{v.mean():.3f} ({v.std(ddof=1) / np.sqrt(len(v)):.3f})" if len(v) > 1 else f"{v.mean():.3f}")
+        ptab = agg.unstack("metric")
+        ptab.columns.name = None
+        ptab.index = [f"{g} (hybrid)" for g in ptab.index]
+        for g in models:
+            hit = summ[(summ["dataset"] == g) & (summ["item"].isin([F.DCR, F.TSTR]))] if len(summ) else []
+            if len(hit):
+                ptab.loc[f"{g} (fully generative, Stage 3)"] = {
+                    (f"{F.DCR} (students)" if r.item == F.DCR else r.item): f"{r.value:.3f}" for r in hit.itertuples()}
+        if np.isfinite(ref[F.DCR]):
+            ptab.loc["real vs real (Stage 3)"] = {f"{F.DCR} (students)": f"{ref[F.DCR]:.3f}",
+                                                  F.TSTR: f"{ref[F.TSTR]:.3f}"}
+        ptab = ptab.fillna("")
+        low = [f"{g}, {m[len(F.DCR) + 2:-1]} {v:.2f}" for (g, m), v in privacy[privacy["metric"].str.startswith(
+            F.DCR)].groupby(["generator", "metric"], sort=False)["value"].mean().items() if v < 0.4]
+        out["Privacy of the hybrid data against held-out schools"] = (ptab, (
+            f"Covariates from the hold-out generators ({hold.n_clusters} schools held out), treatment and outcome "
+            "from a hybrid fitted on the training schools only; a student row carries its school's variables, a "
+            "school row is its variables and the school means of its students' variables; mean over the data "
+            "sets (MCSE). A DCR share near 0.5 says the hybrid rows are no closer to the training schools than to "
+            "schools the generator never saw; "
+            + ("below 0.4: " + "; ".join(low) + "." if low
+               else "no share is below 0.4 in this build.")))
     return out

@@ -115,11 +115,17 @@ def dcr_holdout_share(train: MultilevelData, syn: MultilevelData, holdout: Multi
     and dilute the score toward 0.5. Features as for the DCR (scaled on the training rows). With
     ``return_distances`` also returns the two distance vectors (to the training rows, to the hold-out rows).
     """
-    kinds = all_kinds(train)
-    jt, jh, js = train.join_as_one(), holdout.join_as_one(), syn.join_as_one()
-    xt, xh, xs = encode_features(jt, [jt, jh, js], kinds)
+    return dcr_share_frames(train.join_as_one(), holdout.join_as_one(), syn.join_as_one(), all_kinds(train),
+                            return_distances=return_distances)
+
+
+def dcr_share_frames(train: pd.DataFrame, holdout: pd.DataFrame, syn: pd.DataFrame, kinds: dict[str, str], *,
+                     return_distances: bool = False):
+    """:func:`dcr_holdout_share` on three single tables with the columns of ``kinds`` (``{column: kind}``), e.g.
+    one row per school (:func:`mlsimkit.causal.fidelity.school_rows`); features scaled on ``train``."""
+    xt, xh, xs = encode_features(train, [train, holdout, syn], kinds)
     dt, dh = _nn(xt, xs)[:, 0], _nn(xh, xs)[:, 0]
-    h = len(jh) / (len(jt) + len(jh))
+    h = len(holdout) / (len(train) + len(holdout))
     share = float(0.5 * np.mean((dh < dt) + 0.5 * (dh == dt)) / h)
     return (share, dt, dh) if return_distances else share
 
