@@ -147,3 +147,14 @@ def test_bad_pool():
         targeted_augmentation(frame, SPEC, pool[pool["school"].isin(["0", "1"])], c=0.45, k=3)
     with pytest.raises(ParamsError, match="parameter 'average'"):
         estimate_ate_augmented(frame, SPEC, pool, average="all")
+
+
+def test_evaluate_mask_must_keep_whole_schools():
+    from mlsimkit.causal.estimators import _estimate_ate, prepare
+
+    frame, _ = _data(J=20)
+    prep = prepare(frame, SPEC, check_overlap=False)
+    mask = np.ones(len(frame), dtype=bool)
+    mask[0] = False                                  # one student of a school dropped
+    with pytest.raises(ParamsError, match="whole schools"):
+        _estimate_ate(prep, estimators=("DiM",), evaluate=mask)

@@ -5,6 +5,9 @@
   the overlap diagnostics (:func:`~mlsimkit.causal.estimators.overlap_table`).
 - :mod:`~mlsimkit.causal.hybrid`: the hybrid synthesizer of the causal paper (covariates from a generator,
   treatment and outcome from learned nuisance models) with the exact true ATE and ATT.
+- :mod:`~mlsimkit.causal.augmentation`: targeted synthetic augmentation for weak overlap (extreme-propensity
+  schools paired with nearby synthetic schools of the other arm), the engine run on augmented data
+  (:func:`~mlsimkit.causal.augmentation.estimate_ate_augmented`) and its with/without experiment.
 - :mod:`~mlsimkit.causal.examples`: a known data-generating process for tests and benchmarks.
 
 Paper: *Generative Synthetic Data for Causal Inference: Pitfalls, Remedies, and Opportunities*
