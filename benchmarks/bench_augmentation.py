@@ -15,6 +15,11 @@ on the augmented data set). A negative control repeats the ``augmented`` arm wit
 outcome model (the fitted one with the treatment effect reversed by 6 points). Printed: bias, RMSE, MSE with
 Monte Carlo SEs, the paired change in MSE from augmentation, and the covariate shift (max |SMD|).
 
+Measured (100 replications, 40 schools, overlap 2, 2026-12-03, one core, about 7 min in all): IPW's MSE
+3.37 (MCSE 0.27) without augmentation, 5.09 (0.34) with the real-unit average, 1.05 (0.15) with the paper's
+augmented average (bias 1.66 -> 0.08); DiM, OR, AIPW, TMLE see the summary printed; the wrong outcome model
+pushed every estimator's bias to about -5.5 (MSE about 31).
+
 Run: ``PYTHONPATH=$PWD python benchmarks/bench_augmentation.py [reps] [schools] [overlap]`` (defaults 100, 40,
 2). One core (BLAS limited to one thread).
 """

@@ -302,7 +302,12 @@ def estimate_ate_augmented(frame: pd.DataFrame, spec: CausalSpec, pool: pd.DataF
     ``average="real"``, IPW, which uses the propensity alone, is then biased towards the difference in
     means; OR, AIPW and TMLE gain from the outcome model's extra support. With ``average="augmented"``,
     IPW averages over the synthetic units too, whose outcomes come from the outcome model, and its variance
-    falls (the paper's IPW result). ``benchmarks/bench_augmentation.py`` measures both.
+    falls (the paper's IPW result). ``benchmarks/bench_augmentation.py`` measures both; on HSB hybrid data
+    (40 schools, overlap 2, c = 0.1, k = 2, 100 replications; 24 of 40 schools augmented, max |SMD| 0.13)
+    it measured IPW's MSE 3.37 (MCSE 0.27) without augmentation, 5.09 (0.34) with ``"real"`` and 1.05 (0.15)
+    with ``"augmented"``; OR, AIPW and TMLE (whose linear multilevel outcome model is correct there) did
+    not gain (MSE 0.98 -> 1.04, change +0.06 +- 0.04); with the effect of the synthetic outcome model
+    reversed (the negative control) every estimator's bias went to about -5.5.
 
     The other parameters are those of :func:`~mlsimkit.causal.estimators.estimate_ate`; the table has its
     columns (``n``, ``n_clusters`` count the real units) plus ``augmented`` (True) and ``max_abs_smd``.
