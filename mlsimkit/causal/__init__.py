@@ -8,6 +8,9 @@
 - :mod:`~mlsimkit.causal.fidelity`: causal fidelity of synthetic data, the paper's Figure 1 (the ATE a fully
   generative generator implies against its hybrid data, beside TSTR and DCR) and the DCR privacy of hybrid
   data against held-out schools.
+- :mod:`~mlsimkit.causal.augmentation`: targeted synthetic augmentation for weak overlap (extreme-propensity
+  schools paired with nearby synthetic schools of the other arm), the engine run on augmented data
+  (:func:`~mlsimkit.causal.augmentation.estimate_ate_augmented`) and its with/without experiment.
 - :mod:`~mlsimkit.causal.examples`: a known data-generating process for tests and benchmarks.
 
 Paper: *Generative Synthetic Data for Causal Inference: Pitfalls, Remedies, and Opportunities*

@@ -460,9 +460,19 @@ def estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None,
 def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None, *, estimators=ESTIMATORS,
                  versions=VERSIONS, folds: int = 5, bounds=(0.01, 0.99), alpha: float = 0.05, seed=0,
                  small_sample: bool = True, df: str = "clusters", crossfit: str = "outcome",
-                 fluctuation: str = "weighted", ridge: float = 1.0, check_overlap: bool = True) -> pd.DataFrame:
-    """The body of :func:`estimate_ate`."""
+                 fluctuation: str = "weighted", ridge: float = 1.0, check_overlap: bool = True,
+                 evaluate: np.ndarray | None = None) -> pd.DataFrame:
+    """The body of :func:`estimate_ate`.
+
+    ``evaluate`` (a boolean mask of the rows, whole schools; used by
+    :func:`mlsimkit.causal.augmentation.estimate_ate_augmented`): the nuisance models are fitted on every
+    row, the estimates and their influence functions taken over the rows of the mask only (their schools
+    form the clusters of the SE)."""
     prep = frame if isinstance(frame, Prepared) else prepare(frame, spec, check_overlap=check_overlap)
+    fit_prep = prep
+    if evaluate is not None:
+        ev = np.asarray(evaluate, bool)
+        prep = _subset(prep, ev)
     if not np.isfinite(ridge) or ridge < 0:
         raise ParamsError(f"parameter 'ridge': expected a number >= 0, got {ridge!r}")
     bad = [e for e in estimators if e not in ESTIMATORS]
@@ -498,18 +508,23 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
     if crossfit not in ("outcome", "all", "none"):
         raise ParamsError(f"parameter 'crossfit': expected 'outcome', 'all' or 'none', got {crossfit!r}")
     need_cf = any(e in estimators for e in ("IPW", "AIPW", "TMLE"))
-    fold = school_folds(prep.a_school, folds, rng) if need_cf else None
+    fold = school_folds(fit_prep.a_school, folds, rng) if need_cf else None
     if crossfit == "none" and fold is not None:
-        fold = np.zeros(prep.J, dtype=int)
+        fold = np.zeros(fit_prep.J, dtype=int)
     for version in versions:
         if "OR" in estimators:
             t0 = time.perf_counter()
-            add("OR", version, *_or_fit(prep, version), np.nan, t0, _dropped(prep, version))
+            est, IF = _or_fit(fit_prep, version)
+            if evaluate is not None:  # the coefficient's IF, real rows only, rescaled to their count
+                IF = IF[ev] * ev.sum() / len(ev)
+            add("OR", version, est, IF, np.nan, t0, _dropped(fit_prep, version))
         if not need_cf:
             continue
         t0 = time.perf_counter()
-        nu = _crossfit(prep, version, fold, propensity=crossfit == "all", ridge=ridge)
-        dropped = _dropped(prep, version) + nu["dropped"]
+        nu = _crossfit(fit_prep, version, fold, propensity=crossfit == "all", ridge=ridge)
+        if evaluate is not None:
+            nu = {**nu, "Q1": nu["Q1"][ev], "Q0": nu["Q0"][ev], "g": nu["g"][ev]}
+        dropped = _dropped(fit_prep, version) + nu["dropped"]
         g_raw = nu["g"]
         share = float(np.mean((g_raw < lo_b) | (g_raw > hi_b)))
         g = np.clip(g_raw, lo_b, hi_b)
@@ -520,6 +535,23 @@ def _estimate_ate(frame: pd.DataFrame | Prepared, spec: CausalSpec | None = None
                 t1 = time.perf_counter() - t_nu
                 add(name, version, *fn(), share, t1, np.nan if name == "IPW" else dropped)
     return pd.DataFrame(rows)
+
+
+def _subset(prep: Prepared, rows: np.ndarray) -> Prepared:
+    """The rows ``rows`` (whole schools) of a :class:`Prepared`, school codes renumbered."""
+    if rows.shape != prep.y.shape:
+        raise ParamsError(f"parameter 'evaluate': expected a mask of {len(prep.y)} rows, got shape {rows.shape}")
+    codes, J = group_codes(prep.codes[rows])
+    schools = np.zeros(prep.J, dtype=bool)
+    schools[prep.codes[rows]] = True
+    if np.bincount(prep.codes[rows], minlength=prep.J)[schools].tolist() != \
+            np.bincount(prep.codes, minlength=prep.J)[schools].tolist():
+        raise ParamsError("parameter 'evaluate': the mask must keep or drop whole schools")
+    first = np.unique(prep.codes[rows], return_index=True)
+    order = prep.codes[rows][np.sort(first[1])]  # original codes in order of first appearance
+    return Prepared(prep.y[rows], prep.a[rows], codes, J, prep.a_school[order], prep.out_single[rows],
+                    prep.out_multi[rows], prep.ps_single[rows], prep.ps_multi[order], prep.spec,
+                    prep.dropped_single, prep.dropped_multi)
 
 
 # ============================================================================ overlap diagnostics
