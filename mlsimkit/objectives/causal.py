@@ -451,7 +451,8 @@ def design_context(study, data, sources: dict | None = None, *, seed: int | None
       truncated, by arm) on the real data and on one hybrid draw at the largest number of schools of the design.
 
     ``sources``: the ``{source: (generate, methods, truth)}`` of :func:`mlsimkit.workflow.sources` (the first
-    source's generator and hybrid are used; without it the hybrid is fitted here and no draw is shown).
+    generator source's generator and hybrid are used; without one the hybrid is fitted here and no draw is
+    shown).
     ``seed``: of the draw (default: the study's ``seed``).
     """
     from ..causal.estimators import overlap_table, prepare as prepare_arrays
@@ -460,12 +461,10 @@ def design_context(study, data, sources: dict | None = None, *, seed: int | None
     cs = _causal_spec(m, data.cluster_key)
     bounds = tuple(float(b) for b in m.get("bounds", (0.01, 0.99)))
     ridge = float(m.get("ridge", 1.0))
-    generate, src = None, None
-    if sources:
-        src, (generate, _, _) = next(iter(sources.items()))
-        hybrid = generate.keywords["hybrid"]
-    else:
-        hybrid = prepare(study, data)["hybrid"]
+    hybrids = {name: gen for name, (gen, _, _) in (sources or {}).items()
+               if "hybrid" in getattr(gen, "keywords", {})}  # generator sources, not the real schools
+    src, generate = next(iter(hybrids.items()), (None, None))
+    hybrid = generate.keywords["hybrid"] if generate is not None else prepare(study, data)["hybrid"]
     out = {}
     g1, gd = hybrid.propensity(data, overlap=1.0), hybrid.propensity(data)
     beyond = [float(np.mean((g < bounds[0]) | (g > bounds[1]))) for g in (g1, gd)]
@@ -488,6 +487,7 @@ def design_context(study, data, sources: dict | None = None, *, seed: int | None
         f"propensity is truncated at {bounds[0]:g} / {bounds[1]:g} (*share_trimmed*), and Kish's effective "
         "sample size of each arm's inverse-probability weights (*ess*; *ess_share* = ess / students): the "
         "smaller the ESS, the fewer students IPW, AIPW and TMLE effectively lean on."))
+    return out
 
 
 # ============================================================================ Stage 3
