@@ -87,6 +87,8 @@ def test_design_context_shows_overlap_for_causal_only(setup):
     fig, note = out["Overlap: the propensity of the real schools"]
     assert isinstance(fig, Figure) and len(fig.axes) == 2 and "overlap` = 0.5" in note
     table, _ = out["Overlap: ESS and share truncated, by arm"]
+    assert table.shape[0] < table.shape[1] * 3  # measures as rows: as many columns as data sets x arms
+    table = table.T
     n_max = max(st["simulation"]["n_schools"])
     assert list(table.index.get_level_values("data").unique()) == ["real data",
                                                                      f"hybrid draw, {n_max} schools (bootstrap)"]
@@ -99,5 +101,5 @@ def test_design_context_shows_overlap_for_causal_only(setup):
     # overlap 0.5 (0.6% of the real schools beyond them): the share truncated tells them apart
     assert (real["share_trimmed"] > 0.1).all() and (draw["share_trimmed"] < real["share_trimmed"]).all()
     # without sources: no draw, the hybrid fitted here
-    assert len(wf.design_context(st, data)["Overlap: ESS and share truncated, by arm"][0]) == 2
+    assert wf.design_context(st, data)["Overlap: ESS and share truncated, by arm"][0].shape[1] == 2
     assert wf.design_context(S.load("hsb-prediction", profile="quick"), data) == {}

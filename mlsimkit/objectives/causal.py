@@ -481,7 +481,8 @@ def design_context(study, data, sources: dict | None = None, *, seed: int | None
         prep = prepare_arrays(draw.join_as_one(), cs, check_overlap=False)
         tabs[f"hybrid draw, {n_max} schools ({src})"] = overlap_table(prep, bounds=bounds, ridge=ridge)
     t = pd.concat(tabs, names=["data", ""]).droplevel(1).set_index("arm", append=True)
-    out["Overlap: ESS and share truncated, by arm"] = (t.drop(columns="version").round(3), (
+    # one column per data set and arm (the ten measures as rows fit the page's width)
+    out["Overlap: ESS and share truncated, by arm"] = (t.drop(columns="version").round(3).T, (
         "The estimators' school-level propensity (multilevel version, fitted on all the schools) on the real "
         "data and on one hybrid draw: quantiles of the students' propensities, the share of students whose "
         f"propensity is truncated at {bounds[0]:g} / {bounds[1]:g} (*share_trimmed*), and Kish's effective "
