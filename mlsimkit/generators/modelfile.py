@@ -46,10 +46,12 @@ why and how to opt in. The key never enters a file; anyone with it can sign, so 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import pickle
 import pickletools
@@ -62,7 +64,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FormatVersionError, MlsimkitError
-from ..io import atomic_path
+from ..io import write_bytes
 
 #: 4: as 3, with all arrays in one raw member ``arrays.bin``.
 #: 3: zip of JSON metadata + numpy arrays (no pickle, except CTGAN's model behind trust).
@@ -77,6 +79,8 @@ _ARRAYS = "arrays.bin"
 #: dtype kinds an array may have (no objects, no structured records)
 _ARRAY_KINDS = "biufcUSmM"
 _MAX_META_BYTES = 16 * 2**20
+#: how many evenly spaced items of a string array are looked at to decide whether to factorise it
+_SAMPLE = 256
 
 #: generator classes a file may name (short name -> "module:qualname"), imported only when named
 GENERATOR_CLASSES = {
@@ -100,13 +104,20 @@ TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddp
 #: modules whose objects may only be pickled (behind trust)
 PICKLED_MODULES = ("ctgan.",)
 _EXT_DTYPES = {"string", "Int64", "Int32", "Float64", "boolean"}
+#: types stored as themselves (the encoder's fast path; floats need the finiteness check)
+_PLAIN = frozenset({type(None), bool, str, int})
+#: what :func:`json.loads` returns for a JSON scalar (the decoder's fast path)
+_JSON_SCALARS = frozenset({type(None), bool, int, float, str})
 
 
 def _qualname(cls) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+@functools.lru_cache(maxsize=None)
 def _import(spec: str):
+    """The class named ``module:qualname`` (callers pass only names from the allow-lists; cached, since
+    :func:`importlib.import_module` costs microseconds per call even for a loaded module)."""
     import importlib
 
     module, _, name = spec.partition(":")
@@ -137,15 +148,25 @@ def _existing_parent(path: Path) -> Path:
     return path.parent
 
 
+#: keys read in this process, by (key file, its folder's owner, the file's device, inode, size, mtime)
+_KEYS: dict[tuple, bytes] = {}
+
+
 def _key(create: bool) -> bytes | None:
     """This user's signing key (created with mode 0600 on first use when ``create``); None if unavailable
-    (files are then unsigned, and a CTGAN model needs ``trust=True``)."""
+    (files are then unsigned, and a CTGAN model needs ``trust=True``). A key already read is reused while
+    its file and folder stat the same (the ownership check runs on every call)."""
     path = key_file()
     try:
         if path.parent.exists() and hasattr(os, "getuid") and path.parent.stat().st_uid != os.getuid():
             return None  # a folder someone else made (e.g. in a shared temp dir) cannot hold our key
         if path.is_file():
-            return bytes.fromhex(path.read_text().strip())
+            st = path.stat()
+            ident = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if ident not in _KEYS:
+                _KEYS.clear()
+                _KEYS[ident] = bytes.fromhex(path.read_text().strip())
+            return _KEYS[ident]
         if not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -193,10 +214,15 @@ class _Encoder:
             return {"__array__": self._array(a)}
         if a.dtype.kind == "O":
             flat = a.ravel()
-            items = flat.tolist()
-            if set(map(type, items)) == {str}:
-                codes, uniques = pd.factorize(flat)
-                repeated = len(uniques) <= len(items) // 2  # e.g. a foreign key: store each value once
+            if pd.api.types.infer_dtype(flat, skipna=False) == "string":  # every item a str (one C pass)
+                items = flat.tolist()
+                # e.g. a foreign key: store each value once. Factorising all the items costs more than the
+                # rest of the column, so it runs only when an evenly spaced sample repeats (unique ids don't)
+                sample = items[::max(1, len(items) // _SAMPLE)]
+                repeated = len(set(sample)) <= len(sample) // 2
+                if repeated:
+                    codes, uniques = pd.factorize(flat)
+                    repeated = len(uniques) <= len(items) // 2
                 if repeated:
                     items = uniques.tolist()
                 text = "\x00".join(items)
@@ -208,7 +234,7 @@ class _Encoder:
                         out["codes"] = self.ndarray(codes.astype(np.int64), where)
                     return out
             return {"__objects__": [self.enc(v, where) for v in flat], "shape": list(a.shape)}
-        raise MlsimkitError(f"{where}: an array of dtype {a.dtype} cannot be saved safely")
+        raise MlsimkitError(f"{_where(where)}: an array of dtype {a.dtype} cannot be saved safely")
 
     def values(self, values, where: str):
         """The values of a pandas column or index."""
@@ -223,11 +249,11 @@ class _Encoder:
         if str(dtype) in _EXT_DTYPES:
             vals = [None if pd.isna(v) else v for v in np.asarray(values, dtype=object)]
             return {"__extension__": str(dtype), "values": [self.enc(v, where) for v in vals]}
-        raise MlsimkitError(f"{where}: a column of dtype {dtype} cannot be saved safely")
+        raise MlsimkitError(f"{_where(where)}: a column of dtype {dtype} cannot be saved safely")
 
     def index(self, idx: pd.Index, where: str):
         if isinstance(idx, pd.MultiIndex):
-            raise MlsimkitError(f"{where}: a MultiIndex cannot be saved")
+            raise MlsimkitError(f"{_where(where)}: a MultiIndex cannot be saved")
         name = self.enc(idx.name, where)
         if isinstance(idx, pd.RangeIndex):
             return {"__range__": [idx.start, idx.stop, idx.step], "name": name}
@@ -244,23 +270,24 @@ class _Encoder:
             return obj if np.isfinite(obj) else {"__float__": repr(obj)}
         if isinstance(obj, np.generic):
             if obj.dtype.kind not in "biuf":
-                raise MlsimkitError(f"{where}: a numpy scalar of dtype {obj.dtype} cannot be saved safely")
+                raise MlsimkitError(f"{_where(where)}: a numpy scalar of dtype {obj.dtype} cannot be saved safely")
             return {"__scalar__": obj.dtype.str, "value": self.enc(obj.item(), where)}
         if type(obj) is list:
-            return [self.enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+            return [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]
         if type(obj) is tuple:
-            return {"__tuple__": [self.enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
+            return {"__tuple__": [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]}
         if type(obj) is dict:
-            return {"__dict__": [[self.enc(k, where), self.enc(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
+            return {"__dict__": [[k if type(k) in _PLAIN else self.enc(k, where),
+                                  v if type(v) in _PLAIN else self.enc(v, (where, k))] for k, v in obj.items()]}
         if type(obj) is slice:
             return {"__slice__": [self.enc(obj.start, where), self.enc(obj.stop, where), self.enc(obj.step, where)]}
         if isinstance(obj, np.ndarray):
             return self.ndarray(obj, where)
         if isinstance(obj, pd.DataFrame):
             if not obj.columns.is_unique:
-                raise MlsimkitError(f"{where}: a frame with duplicate column names cannot be saved")
+                raise MlsimkitError(f"{_where(where)}: a frame with duplicate column names cannot be saved")
             return {"__frame__": {"columns": self.index(obj.columns, where), "index": self.index(obj.index, where),
-                                  "data": [self.values(obj[c], f"{where}[{c!r}]") for c in obj.columns]}}
+                                  "data": [self.values(obj[c], (where, c)) for c in obj.columns]}}
         if isinstance(obj, pd.Series):
             return {"__series__": {"values": self.values(obj, where), "index": self.index(obj.index, where),
                                    "name": self.enc(obj.name, where)}}
@@ -277,7 +304,7 @@ class _Encoder:
         if isinstance(obj, Generator):
             short = type(obj).__name__
             if GENERATOR_CLASSES.get(short) != name:
-                raise MlsimkitError(f"{where}: generator class {name} is not on the allow-list of saved models")
+                raise MlsimkitError(f"{_where(where)}: generator class {name} is not on the allow-list of saved models")
             return {"__generator__": short, "state": self.enc(_state(obj), where)}
         if name in TORCH_CLASSES:
             state = {k: {"__array__": self._array(v.detach().cpu().numpy())} for k, v in obj.state_dict().items()}
@@ -291,7 +318,16 @@ class _Encoder:
             member = f"pickle/{len(self.members):05d}.pkl"
             self.members[member] = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
             return {"__pickle__": member}
-        raise MlsimkitError(f"{where}: an object of type {name} cannot be saved safely (not on the allow-list)")
+        raise MlsimkitError(f"{_where(where)}: an object of type {name} cannot be saved safely (not on the allow-list)")
+
+
+def _where(where) -> str:
+    """The readable location of a value: ``where`` is a string or a ``(parent, key)`` pair built lazily
+    (formatting every location while encoding costs more than encoding small values)."""
+    if type(where) is tuple:
+        parent, key = where
+        return f"{_where(parent)}[{key!r}]"
+    return where
 
 
 def _state(obj) -> dict:
@@ -299,6 +335,16 @@ def _state(obj) -> dict:
     if not isinstance(state, dict):
         raise MlsimkitError(f"object of type {_qualname(type(obj))}: its state is not a mapping")
     return dict(state)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_dtype(spec: str) -> np.dtype | None:
+    """The numpy dtype a record names if it is a plain one (kind in :data:`_ARRAY_KINDS`, no fields),
+    else None (cached: a state names a handful of dtypes many times)."""
+    if type(spec) is not str:
+        return None
+    dt = np.dtype(spec)
+    return dt if dt.kind in _ARRAY_KINDS and dt.fields is None else None
 
 
 class _Decoder:
@@ -316,16 +362,15 @@ class _Decoder:
         """The array recorded as ``[offset, dtype, shape]`` in ``arrays.bin`` (bounds and dtype checked)."""
         try:
             offset, dtype, shape = spec
-            dt = np.dtype(str(dtype))
-            shape = tuple(int(n) for n in shape)
-            ok = (isinstance(offset, int) and offset >= 0 and dt.kind in _ARRAY_KINDS and dt.fields is None
-                  and all(n >= 0 for n in shape))
+            dt = _plain_dtype(dtype)
+            shape = tuple([int(n) for n in shape])
+            ok = type(offset) is int and offset >= 0 and dt is not None and all(n >= 0 for n in shape)
         except (TypeError, ValueError):
             ok = False
         if not ok:
             raise self.bad(f"an array record that is not [offset, plain dtype, shape]: {spec!r}")
         blob = self._member(_ARRAYS)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if offset + count * dt.itemsize > len(blob):
             raise self.bad(f"an array record beyond the end of {_ARRAYS}")
         return np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape).copy()
@@ -350,17 +395,18 @@ class _Decoder:
         return FormatVersionError(f"file '{self.path}': damaged saved generator ({reason})")
 
     def dec(self, x):  # noqa: C901 - one branch per tag
-        if x is None or isinstance(x, (bool, int, float, str)):
+        if type(x) in _JSON_SCALARS:
             return x
-        if isinstance(x, list):
-            return [self.dec(v) for v in x]
-        if not isinstance(x, dict) or not x:
+        if type(x) is list:
+            return [v if type(v) in _JSON_SCALARS else self.dec(v) for v in x]
+        if type(x) is not dict or not x:
             raise self.bad(f"unexpected value {type(x).__name__}")
         tag = next(iter(x))
         if tag == "__dict__":
-            return {self.dec(k): self.dec(v) for k, v in x[tag]}
+            return {k if type(k) in _JSON_SCALARS else self.dec(k): v if type(v) in _JSON_SCALARS else self.dec(v)
+                    for k, v in x[tag]}
         if tag == "__tuple__":
-            return tuple(self.dec(v) for v in x[tag])
+            return tuple([v if type(v) in _JSON_SCALARS else self.dec(v) for v in x[tag]])
         if tag == "__float__":
             return float(x[tag])
         if tag == "__scalar__":
@@ -512,14 +558,15 @@ def write(gen, path: str | Path) -> Path:
     }
     meta["content_sha256"] = hashlib.sha256(_canonical(meta).encode()).hexdigest()
     meta["signature"] = _sign(meta["content_sha256"], _key(create=True))
+    # compact: an indented dump runs json's pure-Python encoder (a tenth of a small model's round trip);
+    # not the canonical text, whose sorted keys would lose the schema's table and column order
+    text = json.dumps(meta, separators=(",", ":"), allow_nan=True)
     buf = io.BytesIO()  # built in memory, written with one call (many small members write slowly to disk)
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(_META, json.dumps(meta, indent=1, allow_nan=True))
+        zf.writestr(_META, text)
         for m, b in members.items():
             zf.writestr(m, b)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getbuffer())
-    return path
+    return write_bytes(path, buf.getbuffer())
 
 
 def _old_pickle_version(path: Path) -> Any:
