@@ -106,6 +106,8 @@ PICKLED_MODULES = ("ctgan.",)
 _EXT_DTYPES = {"string", "Int64", "Int32", "Float64", "boolean"}
 #: types stored as themselves (the encoder's fast path; floats need the finiteness check)
 _PLAIN = frozenset({type(None), bool, str, int})
+#: the classes of :data:`OBJECT_CLASSES` the encoder has met (exact type -> name; skips the other checks)
+_OBJECT_TYPES: dict[type, str] = {}
 #: what :func:`json.loads` returns for a JSON scalar (the decoder's fast path)
 _JSON_SCALARS = frozenset({type(None), bool, int, float, str})
 
@@ -217,9 +219,10 @@ class _Encoder:
             if pd.api.types.infer_dtype(flat, skipna=False) == "string":  # every item a str (one C pass)
                 items = flat.tolist()
                 # e.g. a foreign key: store each value once. Factorising all the items costs more than the
-                # rest of the column, so it runs only when an evenly spaced sample repeats (unique ids don't)
+                # rest of the column, so it runs only when an evenly spaced sample holds a value twice
+                # (unique ids don't; a sample that misses the repeats only costs file size)
                 sample = items[::max(1, len(items) // _SAMPLE)]
-                repeated = len(set(sample)) <= len(sample) // 2
+                repeated = len(set(sample)) < len(sample)
                 if repeated:
                     codes, uniques = pd.factorize(flat)
                     repeated = len(uniques) <= len(items) // 2
@@ -260,26 +263,27 @@ class _Encoder:
         return {"__index__": self.values(idx, where), "name": name}
 
     def enc(self, obj: Any, where: str):  # noqa: C901 - one branch per supported type
-        if obj is None or type(obj) in (bool, str):
+        t = type(obj)
+        if t in _PLAIN:
             return obj
+        if t is dict:
+            return {"__dict__": [[k if type(k) in _PLAIN else self.enc(k, where),
+                                  v if type(v) in _PLAIN else self.enc(v, (where, k))] for k, v in obj.items()]}
+        if t is list:
+            return [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]
+        if t is float:
+            return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+        if t is tuple:
+            return {"__tuple__": [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]}
+        if t in _OBJECT_TYPES:  # an allow-listed class met before (exact type)
+            return {"__object__": _OBJECT_TYPES[t], "state": self.enc(_state(obj), where)}
         if isinstance(obj, np.str_):
             return str(obj)
-        if type(obj) is int:
-            return obj
-        if type(obj) is float:
-            return obj if np.isfinite(obj) else {"__float__": repr(obj)}
         if isinstance(obj, np.generic):
             if obj.dtype.kind not in "biuf":
                 raise MlsimkitError(f"{_where(where)}: a numpy scalar of dtype {obj.dtype} cannot be saved safely")
             return {"__scalar__": obj.dtype.str, "value": self.enc(obj.item(), where)}
-        if type(obj) is list:
-            return [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]
-        if type(obj) is tuple:
-            return {"__tuple__": [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]}
-        if type(obj) is dict:
-            return {"__dict__": [[k if type(k) in _PLAIN else self.enc(k, where),
-                                  v if type(v) in _PLAIN else self.enc(v, (where, k))] for k, v in obj.items()]}
-        if type(obj) is slice:
+        if t is slice:
             return {"__slice__": [self.enc(obj.start, where), self.enc(obj.stop, where), self.enc(obj.step, where)]}
         if isinstance(obj, np.ndarray):
             return self.ndarray(obj, where)
@@ -313,6 +317,7 @@ class _Encoder:
         if type(obj).__module__ == "torch" and type(obj).__name__ == "Tensor":
             return {"__tensor__": self._array(obj.detach().cpu().numpy())}
         if name in OBJECT_CLASSES:
+            _OBJECT_TYPES[type(obj)] = name
             return {"__object__": name, "state": self.enc(_state(obj), where)}
         if type(obj).__module__.startswith(PICKLED_MODULES):
             member = f"pickle/{len(self.members):05d}.pkl"
@@ -405,6 +410,14 @@ class _Decoder:
         if tag == "__dict__":
             return {k if type(k) in _JSON_SCALARS else self.dec(k): v if type(v) in _JSON_SCALARS else self.dec(v)
                     for k, v in x[tag]}
+        # the frequent tags first
+        if tag == "__object__":
+            if x[tag] not in OBJECT_CLASSES:
+                raise self.bad(f"class {x[tag]!r} is not on the allow-list")
+            return _restore(_import(x[tag]), self.dec(x["state"]))
+        if tag == "__array__":
+            a = self._array(x[tag])
+            return a.astype(object) if x.get("object") else a
         if tag == "__tuple__":
             return tuple([v if type(v) in _JSON_SCALARS else self.dec(v) for v in x[tag]])
         if tag == "__float__":
@@ -416,9 +429,6 @@ class _Decoder:
             return dt.type(self.dec(x["value"]))
         if tag == "__slice__":
             return slice(*(self.dec(v) for v in x[tag]))
-        if tag == "__array__":
-            a = self._array(x[tag])
-            return a.astype(object) if x.get("object") else a
         if tag == "__strings__":
             blob = self._array(x[tag])
             if blob.dtype != np.uint8 or blob.ndim != 1:
@@ -458,10 +468,6 @@ class _Decoder:
             if x[tag] not in GENERATOR_CLASSES:
                 raise self.bad(f"generator class {x[tag]!r} is not on the allow-list")
             return _restore(_import(GENERATOR_CLASSES[x[tag]]), self.dec(x["state"]))
-        if tag == "__object__":
-            if x[tag] not in OBJECT_CLASSES:
-                raise self.bad(f"class {x[tag]!r} is not on the allow-list")
-            return _restore(_import(x[tag]), self.dec(x["state"]))
         if tag == "__torch__":
             if x[tag] not in TORCH_CLASSES:
                 raise self.bad(f"network class {x[tag]!r} is not on the allow-list")
@@ -616,9 +622,13 @@ def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
     return meta
 
 
-def _open(path: Path) -> zipfile.ZipFile:
+def _open(path: Path, whole: bool = False) -> zipfile.ZipFile:
+    """The archive at ``path``; ``whole``: read the file with one call and parse it in memory (what
+    :func:`read` does, as it reads every member anyway; the bytes are only checked and hashed until the
+    metadata has been checked)."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
+        data = fh.read() if whole else fh.read(4)
+    head = data[:4]
     if head[:1] == b"\x80":
         version = _old_pickle_version(path)
         raise FormatVersionError(
@@ -626,7 +636,7 @@ def _open(path: Path) -> zipfile.ZipFile:
             f"from an earlier mlsimkit; pickles are not loaded because unpickling runs code, and this mlsimkit "
             f"reads version {FORMAT_VERSION}; retrain and save it again")
     try:
-        return zipfile.ZipFile(path)
+        return zipfile.ZipFile(io.BytesIO(data) if whole else path)
     except (zipfile.BadZipFile, OSError):
         if head == b"PK\x03\x04":
             raise FormatVersionError(f"file '{path}': truncated or damaged saved generator (its zip directory "
@@ -667,7 +677,7 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
     path = Path(path)
     if not path.is_file():
         raise MlsimkitError(f"file '{path}': saved generator not found")
-    with _open(path) as zf:
+    with _open(path, whole=True) as zf:
         meta = read_metadata(path, zf)
         cls = meta.get("class")
         if cls not in GENERATOR_CLASSES:
