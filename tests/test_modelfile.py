@@ -312,3 +312,35 @@ def test_codec_round_trips_the_value_types_a_state_holds(tmp_path):
     assert back["strings"].dtype == object and back["strings"].tolist() == [["k1", "k2"], ["k3", "k4"]]
     with pytest.raises(MlsimkitError, match=r"test\['bad'\]: an object of type builtins:function cannot be saved"):
         mf._Encoder().enc({"bad": lambda: 0}, "test")
+
+
+# ---------------------------------------------------------------------------- the archive layer
+def test_archive_is_a_standard_zip_and_other_zips_still_load(boot, tmp_path):
+    path = boot.save(tmp_path / "boot.zip")
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None  # every CRC right, as any zip tool checks
+        members = {n: zf.read(n) for n in zf.namelist()}
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+    assert set(mf._stored_members(path.read_bytes())) == set(members)
+    # the same members compressed (not what write() makes): read by zipfile instead, same generator
+    other = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(other, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    assert mf._stored_members(other.read_bytes()) is None
+    assert load(other).sample(5, seed=1).equals(boot.sample(5, seed=1))
+
+
+@pytest.mark.parametrize("where", ["arrays", "directory"])
+def test_damaged_byte_is_refused(boot, tmp_path, where):
+    data = bytearray(boot.save(tmp_path / "boot.zip").read_bytes())
+    if where == "arrays":  # a flipped bit inside arrays.bin: its CRC (and hash) no longer match
+        i = data.index(b"arrays.bin") + len("arrays.bin") + 100
+    else:  # the central directory's record of a member's CRC
+        i = data.rindex(b"PK\x01\x02") + 16
+    data[i] ^= 0x01
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(data))
+    assert mf._stored_members(bytes(data)) is None
+    with pytest.raises(FormatVersionError, match=r"bad\.zip'.*damaged"):
+        load(bad)

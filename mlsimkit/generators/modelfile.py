@@ -56,7 +56,10 @@ import os
 import pickle
 import pickletools
 import secrets
+import struct
+import time
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -542,6 +545,69 @@ def _canonical(meta: dict) -> str:
     return json.dumps(core, sort_keys=True, separators=(",", ":"), allow_nan=True)
 
 
+# ============================================================================ the archive
+# A stored (uncompressed) zip written and read here directly: zipfile's general machinery (a ZipInfo, a
+# file object and a CRC pass per member, the directory parsed into objects) costs more than a small
+# model's whole state. Anything but the plain archive write() makes (compression, zip64, a comment,
+# data descriptors, encryption, damage) is left to zipfile, which reads it or reports what is wrong.
+_LOCAL = struct.Struct("<4s5H3L2H")  # local file header (30 bytes)
+_CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory entry (46 bytes)
+_END = struct.Struct("<4s4H2LH")  # end of central directory record (22 bytes)
+
+
+def _zip_stored(members: dict[str, bytes]) -> list:
+    """The chunks of a zip archive holding ``members`` stored (readable by any zip tool)."""
+    t = time.localtime()
+    dos_time = t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2
+    dos_date = max(t.tm_year - 1980, 0) << 9 | t.tm_mon << 5 | t.tm_mday
+    chunks, central, offset = [], [], 0
+    for name, data in members.items():
+        raw = name.encode("utf-8")
+        flags = 0 if raw.isascii() else 0x800
+        crc, size = zlib.crc32(data), len(data)
+        if size >= 0xFFFFFFFF or offset >= 0xFFFFFFFF:
+            raise MlsimkitError(f"saved generator: member {name} is too large for a zip archive without zip64")
+        chunks += [_LOCAL.pack(b"PK\x03\x04", 20, flags, 0, dos_time, dos_date, crc, size, size, len(raw), 0),
+                   raw, data]
+        central += [_CENTRAL.pack(b"PK\x01\x02", 3 << 8 | 20, 20, flags, 0, dos_time, dos_date, crc, size, size,
+                                  len(raw), 0, 0, 0, 0, 0o600 << 16, offset), raw]
+        offset += _LOCAL.size + len(raw) + size
+    cd_size = sum(map(len, central))
+    return [*chunks, *central, _END.pack(b"PK\x05\x06", 0, 0, len(members), len(members), cd_size, offset, 0)]
+
+
+def _stored_members(data: bytes) -> dict[str, memoryview] | None:
+    """The members of the archive in ``data`` if it is a plain stored zip (every bound and CRC checked),
+    else None (then zipfile reads it)."""
+    end = len(data) - _END.size
+    if end < 0:
+        return None
+    sig, disk, cd_disk, n_disk, n, cd_size, cd_offset, comment = _END.unpack_from(data, end)
+    if sig != b"PK\x05\x06" or disk or cd_disk or comment or n_disk != n or cd_offset + cd_size != end:
+        return None
+    view, out, pos = memoryview(data), {}, cd_offset
+    for _ in range(n):
+        if pos + _CENTRAL.size > end:
+            return None
+        (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, _,
+         offset) = _CENTRAL.unpack_from(data, pos)
+        raw = bytes(view[pos + _CENTRAL.size:pos + _CENTRAL.size + name_len])
+        pos += _CENTRAL.size + name_len + extra_len + comment_len
+        if sig != b"PK\x01\x02" or method or flags & ~0x800 or csize != usize or offset + _LOCAL.size > cd_offset:
+            return None
+        lsig, _, lflags, lmethod, _, _, _, _, _, lname_len, lextra_len = _LOCAL.unpack_from(data, offset)
+        start = offset + _LOCAL.size + lname_len + lextra_len
+        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
+        if (lsig != b"PK\x03\x04" or lmethod or lflags != flags or start + csize > cd_offset or name in out
+                or bytes(view[offset + _LOCAL.size:offset + _LOCAL.size + lname_len]) != raw):
+            return None
+        member = view[start:start + csize]
+        if zlib.crc32(member) != crc:
+            return None
+        out[name] = member
+    return out if pos == end else None
+
+
 # ============================================================================ write / read
 def write(gen, path: str | Path) -> Path:
     """Save the fitted generator ``gen`` to ``path`` (atomically) in the format of the module docstring."""
@@ -567,12 +633,8 @@ def write(gen, path: str | Path) -> Path:
     # compact: an indented dump runs json's pure-Python encoder (a tenth of a small model's round trip);
     # not the canonical text, whose sorted keys would lose the schema's table and column order
     text = json.dumps(meta, separators=(",", ":"), allow_nan=True)
-    buf = io.BytesIO()  # built in memory, written with one call (many small members write slowly to disk)
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(_META, text)
-        for m, b in members.items():
-            zf.writestr(m, b)
-    return write_bytes(path, buf.getbuffer())
+    # built in memory, written with one call (many small members write slowly to disk)
+    return write_bytes(path, b"".join(_zip_stored({_META: text.encode(), **members})))
 
 
 def _old_pickle_version(path: Path) -> Any:
@@ -597,9 +659,9 @@ def _old_pickle_version(path: Path) -> Any:
 def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
     """The checked metadata of a saved generator: magic and format version (nothing else is read)."""
     path = Path(path)
-    if not path.is_file():
-        raise MlsimkitError(f"file '{path}': saved generator not found")
     if zf is None:
+        if not path.is_file():
+            raise MlsimkitError(f"file '{path}': saved generator not found")
         with _open(path) as zf:
             return read_metadata(path, zf)
     try:
@@ -609,8 +671,21 @@ def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
     if info.file_size > _MAX_META_BYTES:
         raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large)")
     try:
-        meta = json.loads(zf.read(_META))
-    except (ValueError, zipfile.BadZipFile, OSError) as exc:
+        raw = zf.read(_META)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable {_META} ({exc})") from None
+    return _checked_metadata(path, raw)
+
+
+def _checked_metadata(path: Path, raw) -> dict:
+    """The metadata in the bytes ``raw`` of ``metadata.json``, its magic and format version checked."""
+    if raw is None:
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (no {_META})")
+    if len(raw) > _MAX_META_BYTES:
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large)")
+    try:
+        meta = json.loads(bytes(raw))
+    except ValueError as exc:
         raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable {_META} ({exc})") from None
     if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
         raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (wrong magic)")
@@ -622,13 +697,31 @@ def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
     return meta
 
 
-def _open(path: Path, whole: bool = False) -> zipfile.ZipFile:
-    """The archive at ``path``; ``whole``: read the file with one call and parse it in memory (what
-    :func:`read` does, as it reads every member anyway; the bytes are only checked and hashed until the
-    metadata has been checked)."""
+def _members(path: Path) -> dict:
+    """Every member of the archive at ``path`` (name -> bytes), from one read of the file; until the
+    metadata has been checked they are only bounds-checked, CRC-checked and hashed, never interpreted."""
     with open(path, "rb") as fh:
-        data = fh.read() if whole else fh.read(4)
-    head = data[:4]
+        data = fh.read()
+    out = _stored_members(data) if data[:4] == b"PK\x03\x04" else None
+    if out is not None:
+        return out
+    with _open(path, data) as zf:  # anything else: zipfile reads it or says what is wrong
+        out = {}
+        for m in zf.namelist():
+            try:
+                out[m] = zf.read(m)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise FormatVersionError(f"file '{path}': damaged saved generator, member {m} ({exc})") from None
+        return out
+
+
+def _open(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
+    """The archive at ``path`` (parsed from ``data``, the file's bytes, when given)."""
+    if data is None:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    else:
+        head = data[:4]
     if head[:1] == b"\x80":
         version = _old_pickle_version(path)
         raise FormatVersionError(
@@ -636,7 +729,7 @@ def _open(path: Path, whole: bool = False) -> zipfile.ZipFile:
             f"from an earlier mlsimkit; pickles are not loaded because unpickling runs code, and this mlsimkit "
             f"reads version {FORMAT_VERSION}; retrain and save it again")
     try:
-        return zipfile.ZipFile(io.BytesIO(data) if whole else path)
+        return zipfile.ZipFile(path if data is None else io.BytesIO(data))
     except (zipfile.BadZipFile, OSError):
         if head == b"PK\x03\x04":
             raise FormatVersionError(f"file '{path}': truncated or damaged saved generator (its zip directory "
@@ -677,54 +770,48 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
     path = Path(path)
     if not path.is_file():
         raise MlsimkitError(f"file '{path}': saved generator not found")
-    with _open(path, whole=True) as zf:
-        meta = read_metadata(path, zf)
-        cls = meta.get("class")
-        if cls not in GENERATOR_CLASSES:
-            raise FormatVersionError(f"file '{path}': generator class {cls!r} is not on the allow-list of saved "
-                                     f"models {sorted(GENERATOR_CLASSES)}")
-        if schema is not None:
-            if not isinstance(meta.get("schema"), dict):
-                raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
-            try:
-                diff = schema_differences(meta["schema"], schema)
-            except MlsimkitError as exc:
-                raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
-            if diff:
-                raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
-                                         f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
-        entries = meta.get("entries")
-        names = set(zf.namelist()) - {_META}
-        if not isinstance(entries, dict) or set(entries) != names:
-            raise FormatVersionError(f"file '{path}': damaged saved generator (its members do not match the "
-                                     "list in its metadata)")
-        content = hashlib.sha256(_canonical(meta).encode()).hexdigest()
-        if content != meta.get("content_sha256"):
-            raise FormatVersionError(f"file '{path}': content hash mismatch in its metadata (modified or "
+    blobs = _members(path)
+    meta = _checked_metadata(path, blobs.get(_META))
+    cls = meta.get("class")
+    if cls not in GENERATOR_CLASSES:
+        raise FormatVersionError(f"file '{path}': generator class {cls!r} is not on the allow-list of saved "
+                                 f"models {sorted(GENERATOR_CLASSES)}")
+    if schema is not None:
+        if not isinstance(meta.get("schema"), dict):
+            raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
+        try:
+            diff = schema_differences(meta["schema"], schema)
+        except MlsimkitError as exc:
+            raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
+        if diff:
+            raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
+                                     f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
+    entries = meta.get("entries")
+    names = set(blobs) - {_META}
+    if not isinstance(entries, dict) or set(entries) != names:
+        raise FormatVersionError(f"file '{path}': damaged saved generator (its members do not match the "
+                                 "list in its metadata)")
+    content = hashlib.sha256(_canonical(meta).encode()).hexdigest()
+    if content != meta.get("content_sha256"):
+        raise FormatVersionError(f"file '{path}': content hash mismatch in its metadata (modified or "
+                                 "damaged); retrain or copy it again")
+    pickled = any(m.startswith("pickle/") for m in names)
+    if pickled and not trust:
+        sig = meta.get("signature")
+        key = _key(create=False)
+        if not (isinstance(sig, str) and key is not None and hmac.compare_digest(sig, _sign(content, key))):
+            raise MlsimkitError(
+                f"file '{path}': this {cls} holds a pickled object (the ctgan package's model), and "
+                "unpickling a file runs code with your rights; it was not written by this user's mlsimkit "
+                f"(no valid signature, key {key_file()}). Load it only if you trust its author: "
+                "load(path, trust=True), or 'trust_model_files: true' in the study's params")
+    for m in sorted(names):
+        if hashlib.sha256(blobs[m]).hexdigest() != entries[m]:
+            raise FormatVersionError(f"file '{path}': content hash mismatch in member {m} (modified or "
                                      "damaged); retrain or copy it again")
-        pickled = any(m.startswith("pickle/") for m in names)
-        if pickled and not trust:
-            sig = meta.get("signature")
-            key = _key(create=False)
-            if not (isinstance(sig, str) and key is not None and hmac.compare_digest(sig, _sign(content, key))):
-                raise MlsimkitError(
-                    f"file '{path}': this {cls} holds a pickled object (the ctgan package's model), and "
-                    "unpickling a file runs code with your rights; it was not written by this user's mlsimkit "
-                    f"(no valid signature, key {key_file()}). Load it only if you trust its author: "
-                    "load(path, trust=True), or 'trust_model_files: true' in the study's params")
-        blobs = {}
-        for m in sorted(names):
-            try:
-                blobs[m] = zf.read(m)
-                digest = hashlib.sha256(blobs[m]).hexdigest()
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise FormatVersionError(f"file '{path}': damaged saved generator, member {m} ({exc})") from None
-            if digest != entries[m]:
-                raise FormatVersionError(f"file '{path}': content hash mismatch in member {m} (modified or "
-                                         "damaged); retrain or copy it again")
     dec = _Decoder(blobs, path, allow_pickle=pickled)  # pickled and untrusted was refused above
     try:
-        state = json.loads(blobs[_STATE])
+        state = json.loads(bytes(blobs[_STATE]))
     except (KeyError, ValueError):
         raise dec.bad(f"no readable {_STATE}") from None
     if not isinstance(state, dict) or state.get("__generator__") != cls:
