@@ -331,16 +331,23 @@ def test_archive_is_a_standard_zip_and_other_zips_still_load(boot, tmp_path):
     assert load(other).sample(5, seed=1).equals(boot.sample(5, seed=1))
 
 
-@pytest.mark.parametrize("where", ["arrays", "directory"])
+@pytest.mark.parametrize("where", ["arrays", "metadata", "directory"])
 def test_damaged_byte_is_refused(boot, tmp_path, where):
-    data = bytearray(boot.save(tmp_path / "boot.zip").read_bytes())
-    if where == "arrays":  # a flipped bit inside arrays.bin: its CRC (and hash) no longer match
-        i = data.index(b"arrays.bin") + len("arrays.bin") + 100
-    else:  # the central directory's record of a member's CRC
-        i = data.rindex(b"PK\x01\x02") + 16
+    path = boot.save(tmp_path / "boot.zip")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        member = {"arrays": "arrays.bin", "metadata": "metadata.json"}.get(where)
+        start = zf.getinfo(member).header_offset + 30 + len(member) if member else None
+    if where == "arrays":  # a flipped bit inside arrays.bin: its hash no longer matches
+        i = start + 100
+    elif where == "metadata":  # inside a string of metadata.json: its CRC no longer matches
+        i = data.index(b"mlsimkit-generator", start) + 3
+    else:  # the central directory's record of metadata.json's CRC (the first entry)
+        i = data.index(b"PK\x01\x02") + 16
     data[i] ^= 0x01
     bad = tmp_path / "bad.zip"
     bad.write_bytes(bytes(data))
-    assert mf._stored_members(bytes(data)) is None
-    with pytest.raises(FormatVersionError, match=r"bad\.zip'.*damaged"):
+    # arrays.bin: read as it is and refused by its SHA-256; the directory: left to zipfile, which refuses it
+    assert (mf._stored_members(bytes(data)) is None) == (where != "arrays")
+    with pytest.raises(FormatVersionError, match=r"bad\.zip'.*(damaged|content hash mismatch in member arrays)"):
         load(bad)

@@ -246,7 +246,7 @@ class _Encoder:
         """The values of a pandas column or index."""
         dtype = values.dtype
         if isinstance(dtype, pd.CategoricalDtype):
-            cat = pd.Categorical(values)
+            cat = values.array  # the Categorical of a column or index (no copy)
             return {"__categorical__": {"codes": self.ndarray(np.asarray(cat.codes), where),
                                         "categories": self.index(cat.categories, where),
                                         "ordered": bool(cat.ordered)}}
@@ -577,8 +577,9 @@ def _zip_stored(members: dict[str, bytes]) -> list:
 
 
 def _stored_members(data: bytes) -> dict[str, memoryview] | None:
-    """The members of the archive in ``data`` if it is a plain stored zip (every bound and CRC checked),
-    else None (then zipfile reads it)."""
+    """The members of the archive in ``data`` if it is a plain stored zip (every bound checked, and the CRC
+    of ``metadata.json``; :func:`read` checks every other member against its SHA-256), else None (then
+    zipfile reads it)."""
     end = len(data) - _END.size
     if end < 0:
         return None
@@ -602,7 +603,9 @@ def _stored_members(data: bytes) -> dict[str, memoryview] | None:
                 or bytes(view[offset + _LOCAL.size:offset + _LOCAL.size + lname_len]) != raw):
             return None
         member = view[start:start + csize]
-        if zlib.crc32(member) != crc:
+        if name == _META and zlib.crc32(member) != crc:
+            # the other members are checked against their SHA-256 in the metadata (a CRC pass would add
+            # nothing but a second read of every byte)
             return None
         out[name] = member
     return out if pos == end else None
