@@ -27,6 +27,12 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     Only for CTGAN: the ``ctgan`` package's own model object, which has no array form here (its data
     transformer holds ``rdt`` transformer objects). Such a file has ``requires_trust: true``.
 
+The archive is an ordinary stored zip that any zip tool opens; this module writes it and reads it
+directly (:func:`_zip_stored`, :func:`_stored_members`: headers packed and unpacked with :mod:`struct`,
+every offset bounds-checked) because :mod:`zipfile`'s general machinery cost more than a small model's
+whole state; an archive of another shape (compressed, zip64, damaged) is handed to :mod:`zipfile`. A file
+is read with one call and written with one call to a temporary file renamed onto the target.
+
 Loading (:func:`read`) reads and checks the metadata before it touches any array: a truncated or damaged
 archive, another format version (a version-2 pickle from an earlier build is recognised without
 unpickling it), a class not on the allow-list, a schema other than the expected one, and a content hash
@@ -397,7 +403,10 @@ class _Decoder:
     def index(self, spec):
         if "__range__" in spec:
             return pd.RangeIndex(*spec["__range__"], name=self.dec(spec["name"]))
-        return pd.Index(self.values(spec["__index__"]), name=self.dec(spec["name"]), tupleize_cols=False)
+        values = self.values(spec["__index__"])
+        # an array's dtype is the saved index's (as saved; it also spares pandas' type inference)
+        dtype = values.dtype if isinstance(values, np.ndarray) else None
+        return pd.Index(values, dtype=dtype, name=self.dec(spec["name"]), tupleize_cols=False)
 
     def bad(self, reason: str) -> FormatVersionError:
         return FormatVersionError(f"file '{self.path}': damaged saved generator ({reason})")
