@@ -228,10 +228,10 @@ class _Encoder:
             if pd.api.types.infer_dtype(flat, skipna=False) == "string":  # every item a str (one C pass)
                 items = flat.tolist()
                 # e.g. a foreign key: store each value once. Factorising all the items costs more than the
-                # rest of the column, so it runs only when an evenly spaced sample holds a value twice
-                # (unique ids don't; a sample that misses the repeats only costs file size)
-                sample = items[::max(1, len(items) // _SAMPLE)]
-                repeated = len(set(sample)) < len(sample)
+                # rest of the column, so it runs only when the first items or an evenly spaced sample hold
+                # a value twice (unique ids don't; samples that miss the repeats only cost file size)
+                repeated = any(len(set(sample)) < len(sample)
+                               for sample in (items[:_SAMPLE], items[::max(1, len(items) // _SAMPLE)]))
                 if repeated:
                     codes, uniques = pd.factorize(flat)
                     repeated = len(uniques) <= len(items) // 2
