@@ -351,3 +351,14 @@ def test_damaged_byte_is_refused(boot, tmp_path, where):
     assert (mf._stored_members(bytes(data)) is None) == (where != "arrays")
     with pytest.raises(FormatVersionError, match=r"bad\.zip'.*(damaged|content hash mismatch in member arrays)"):
         load(bad)
+
+
+def test_a_replaced_key_is_read_again(boot, tmp_path):
+    a = json.loads(zipfile.ZipFile(boot.save(tmp_path / "a.zip")).read("metadata.json"))
+    key = mf.key_file()
+    new = tmp_path / "new-key"
+    new.write_text("ab" * 32)
+    os.replace(new, key)  # another file under the same name (as a user replacing the key would)
+    b = json.loads(zipfile.ZipFile(boot.save(tmp_path / "b.zip")).read("metadata.json"))
+    assert a["content_sha256"] == b["content_sha256"] and a["signature"] != b["signature"]
+    assert b["signature"] == mf._sign(b["content_sha256"], bytes.fromhex("ab" * 32))

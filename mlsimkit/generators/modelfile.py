@@ -159,25 +159,37 @@ def _existing_parent(path: Path) -> Path:
     return path.parent
 
 
-#: keys read in this process, by (key file, its folder's owner, the file's device, inode, size, mtime)
+#: the key read in this process, by the identity of its file (path, device, inode, size, mtime, owner)
 _KEYS: dict[tuple, bytes] = {}
+
+
+def _key_ident(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
 
 
 def _key(create: bool) -> bytes | None:
     """This user's signing key (created with mode 0600 on first use when ``create``); None if unavailable
-    (files are then unsigned, and a CTGAN model needs ``trust=True``). A key already read is reused while
-    its file and folder stat the same (the ownership check runs on every call)."""
+    (files are then unsigned, and a CTGAN model needs ``trust=True``). A key read before is reused while
+    its file stats the same (one ``stat``: on a slow file system the checks of the folder cost more than
+    a small model's save); a file that changed, moved or is new is checked and read again."""
     path = key_file()
+    ident = _key_ident(path)
+    if ident is not None and ident in _KEYS:
+        return _KEYS[ident]
     try:
         if path.parent.exists() and hasattr(os, "getuid") and path.parent.stat().st_uid != os.getuid():
             return None  # a folder someone else made (e.g. in a shared temp dir) cannot hold our key
         if path.is_file():
-            st = path.stat()
-            ident = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if ident not in _KEYS:
-                _KEYS.clear()
-                _KEYS[ident] = bytes.fromhex(path.read_text().strip())
-            return _KEYS[ident]
+            ident = _key_ident(path)
+            key = bytes.fromhex(path.read_text().strip())
+            _KEYS.clear()
+            if ident is not None and _key_ident(path) == ident:  # not replaced while being read
+                _KEYS[ident] = key
+            return key
         if not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
