@@ -362,3 +362,19 @@ def test_a_replaced_key_is_read_again(boot, tmp_path):
     b = json.loads(zipfile.ZipFile(boot.save(tmp_path / "b.zip")).read("metadata.json"))
     assert a["content_sha256"] == b["content_sha256"] and a["signature"] != b["signature"]
     assert b["signature"] == mf._sign(b["content_sha256"], bytes.fromhex("ab" * 32))
+
+
+def test_write_bytes_is_atomic(tmp_path):
+    from mlsimkit.io import write_bytes
+
+    target = tmp_path / "sub" / "f.bin"
+    assert write_bytes(target, b"one") == target and target.read_bytes() == b"one"
+
+    class Boom:  # a bytes-like whose write fails midway
+        def __buffer__(self, flags):
+            raise OSError("disk full")
+
+    with pytest.raises((OSError, TypeError)):
+        write_bytes(target, Boom())
+    assert target.read_bytes() == b"one"  # the old content, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]  # no temporary file left
