@@ -27,11 +27,9 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     Only for CTGAN: the ``ctgan`` package's own model object, which has no array form here (its data
     transformer holds ``rdt`` transformer objects). Such a file has ``requires_trust: true``.
 
-The archive is an ordinary stored zip that any zip tool opens; this module writes it and reads it
-directly (:func:`_zip_stored`, :func:`_stored_members`: headers packed and unpacked with :mod:`struct`,
-every offset bounds-checked) because :mod:`zipfile`'s general machinery cost more than a small model's
-whole state; an archive of another shape (compressed, zip64, damaged) is handed to :mod:`zipfile`. A file
-is read with one call and written with one call to a temporary file renamed onto the target.
+The archive is an ordinary stored (uncompressed) zip that any zip tool opens, built in memory by
+:mod:`zipfile` and written with one call to a temporary file renamed onto the target; a file is read with
+one call and parsed by :mod:`zipfile` from memory.
 
 Loading (:func:`read`) reads and checks the metadata before it touches any array: a truncated or damaged
 archive, another format version (a version-2 pickle from an earlier build is recognised without
@@ -62,10 +60,8 @@ import os
 import pickle
 import pickletools
 import secrets
-import struct
 import time
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -566,72 +562,6 @@ def _canonical(meta: dict) -> str:
     return json.dumps(core, sort_keys=True, separators=(",", ":"), allow_nan=True, check_circular=False)
 
 
-# ============================================================================ the archive
-# A stored (uncompressed) zip written and read here directly: zipfile's general machinery (a ZipInfo, a
-# file object and a CRC pass per member, the directory parsed into objects) costs more than a small
-# model's whole state. Anything but the plain archive write() makes (compression, zip64, a comment,
-# data descriptors, encryption, damage) is left to zipfile, which reads it or reports what is wrong.
-_LOCAL = struct.Struct("<4s5H3L2H")  # local file header (30 bytes)
-_CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory entry (46 bytes)
-_END = struct.Struct("<4s4H2LH")  # end of central directory record (22 bytes)
-
-
-def _zip_stored(members: dict[str, bytes]) -> list:
-    """The chunks of a zip archive holding ``members`` stored (readable by any zip tool)."""
-    t = time.localtime()
-    dos_time = t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2
-    dos_date = max(t.tm_year - 1980, 0) << 9 | t.tm_mon << 5 | t.tm_mday
-    chunks, central, offset = [], [], 0
-    for name, data in members.items():
-        raw = name.encode("utf-8")
-        flags = 0 if raw.isascii() else 0x800
-        crc, size = zlib.crc32(data), len(data)
-        if size >= 0xFFFFFFFF or offset >= 0xFFFFFFFF:
-            raise MlsimkitError(f"saved generator: member {name} is too large for a zip archive without zip64")
-        chunks += [_LOCAL.pack(b"PK\x03\x04", 20, flags, 0, dos_time, dos_date, crc, size, size, len(raw), 0),
-                   raw, data]
-        central += [_CENTRAL.pack(b"PK\x01\x02", 3 << 8 | 20, 20, flags, 0, dos_time, dos_date, crc, size, size,
-                                  len(raw), 0, 0, 0, 0, 0o600 << 16, offset), raw]
-        offset += _LOCAL.size + len(raw) + size
-    cd_size = sum(map(len, central))
-    return [*chunks, *central, _END.pack(b"PK\x05\x06", 0, 0, len(members), len(members), cd_size, offset, 0)]
-
-
-def _stored_members(data: bytes) -> dict[str, memoryview] | None:
-    """The members of the archive in ``data`` if it is a plain stored zip (every bound checked, and the CRC
-    of ``metadata.json``; :func:`read` checks every other member against its SHA-256), else None (then
-    zipfile reads it)."""
-    end = len(data) - _END.size
-    if end < 0:
-        return None
-    sig, disk, cd_disk, n_disk, n, cd_size, cd_offset, comment = _END.unpack_from(data, end)
-    if sig != b"PK\x05\x06" or disk or cd_disk or comment or n_disk != n or cd_offset + cd_size != end:
-        return None
-    view, out, pos = memoryview(data), {}, cd_offset
-    for _ in range(n):
-        if pos + _CENTRAL.size > end:
-            return None
-        (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, _,
-         offset) = _CENTRAL.unpack_from(data, pos)
-        raw = bytes(view[pos + _CENTRAL.size:pos + _CENTRAL.size + name_len])
-        pos += _CENTRAL.size + name_len + extra_len + comment_len
-        if sig != b"PK\x01\x02" or method or flags & ~0x800 or csize != usize or offset + _LOCAL.size > cd_offset:
-            return None
-        lsig, _, lflags, lmethod, _, _, _, _, _, lname_len, lextra_len = _LOCAL.unpack_from(data, offset)
-        start = offset + _LOCAL.size + lname_len + lextra_len
-        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
-        if (lsig != b"PK\x03\x04" or lmethod or lflags != flags or start + csize > cd_offset or name in out
-                or bytes(view[offset + _LOCAL.size:offset + _LOCAL.size + lname_len]) != raw):
-            return None
-        member = view[start:start + csize]
-        if name == _META and zlib.crc32(member) != crc:
-            # the other members are checked against their SHA-256 in the metadata (a CRC pass would add
-            # nothing but a second read of every byte)
-            return None
-        out[name] = member
-    return out if pos == end else None
-
-
 # ============================================================================ write / read
 def write(gen, path: str | Path) -> Path:
     """Save the fitted generator ``gen`` to ``path`` (atomically) in the format of the module docstring."""
@@ -661,7 +591,11 @@ def write(gen, path: str | Path) -> Path:
     # not the canonical text, whose sorted keys would lose the schema's table and column order
     text = json.dumps(meta, separators=(",", ":"), allow_nan=True, check_circular=False)
     # built in memory, written with one call (many small members write slowly to disk)
-    return write_bytes(path, b"".join(_zip_stored({_META: text.encode(), **members})))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in {_META: text.encode(), **members}.items():
+            zf.writestr(name, data)
+    return write_bytes(path, buf.getvalue())
 
 
 def _old_pickle_version(path: Path) -> Any:
@@ -729,10 +663,7 @@ def _members(path: Path) -> dict:
     metadata has been checked they are only bounds-checked, CRC-checked and hashed, never interpreted."""
     with open(path, "rb") as fh:
         data = fh.read()
-    out = _stored_members(data) if data[:4] == b"PK\x03\x04" else None
-    if out is not None:
-        return out
-    with _open(path, data) as zf:  # anything else: zipfile reads it or says what is wrong
+    with _open(path, data) as zf:
         out = {}
         for m in zf.namelist():
             try:
