@@ -15,9 +15,10 @@ Figures printed (medians over ``--reps`` timed calls; the machine is shared, so 
   of the synthetic school table against the real one, under each alignment applied to the same raw
   CTGAN rows (``--seeds`` samples of 160 schools), plus CP-SAT status and solve time;
 * saved-model round trip, per generator and for its pool: seconds of ``save`` and ``load`` (fastest of
-  at least 15 calls) in the safe format (:mod:`mlsimkit.generators.modelfile`: JSON metadata + numpy
-  arrays, content hash checked on load) against pickling the same object atomically as format version 2
-  did, the file sizes and the ratio of the round trips.
+  at least 15 interleaved calls, 60 for round trips under 10 ms) in the safe format
+  (:mod:`mlsimkit.generators.modelfile`: JSON metadata + numpy arrays, content hash checked on load)
+  against pickling the same object atomically as format version 2 did, the file sizes and the ratio of
+  the round trips.
   ``--fast-fit`` trains the diffusion model for 200 steps per network (same network sizes, so the same
   file size; for timing the round trip without a minute of training).
 
@@ -33,30 +34,36 @@ ctgan       95 s (50 ep.)  2.3e4               20 s                1.3e6
 clavaddpm   63 s           2.4e4               7.3 s               1.2e6
 ==========  =============  ==================  ==================  =================
 
-Saved-model round trip (2026-12-03, format version 4: all arrays in one raw member; the machine busy with
-other jobs; ``--epochs 2 --fast-fit --pool-size 2000``; "pickle" is an atomic pickle of the generator, what
-format version 2 did):
+Saved-model round trip (2026-12-03, format version 4 after issue 16: one read of the file, the archive
+built and parsed in memory by zipfile, compact metadata, cheaper codec; the machine shared with other jobs;
+``--epochs 2 --fast-fit --pool-size 2000``; "pickle" is an atomic pickle of the generator, what format
+version 2 did; "before" is the ratio measured before issue 16's changes to the codec):
 
-=======================  ======  ======  ======  ======  =====  =====  ==========
-model                    save    load    pickle  pickle  ratio  MB     pickle MB
+=======================  ======  ======  ======  ======  =====  ======  =====  ==========
+model                    save    load    pickle  pickle  ratio  before  MB     pickle MB
                                          save    load
-=======================  ======  ======  ======  ======  =====  =====  ==========
-bootstrap                0.0071  0.0041  0.0026  0.0016  2.7    0.24   0.23
-pool(2000) of bootstrap  0.044   0.026   0.026   0.016   1.65   4.11   3.98
-parametric               0.0016  0.0007  0.0003  0.0001  6.9    0.011  0.005
-pool(2000) of parametr.  0.040   0.017   0.021   0.013   1.69   3.88   3.75
-clavaddpm                0.011   0.020   0.0095  0.0081  1.77   0.41   0.41
-pool(2000) of clavaddpm  0.061   0.042   0.039   0.028   1.55   4.15   4.03
-ctgan                    0.029   0.028   0.017   0.023   1.45   2.17   2.16
-pool(2000) of ctgan      0.078   0.051   0.047   0.039   1.50   6.02   5.89
-=======================  ======  ======  ======  ======  =====  =====  ==========
+=======================  ======  ======  ======  ======  =====  ======  =====  ==========
+bootstrap                0.0046  0.0041  0.0026  0.0020  1.88   2.7     0.24   0.23
+pool(2000) of bootstrap  0.038   0.027   0.029   0.017   1.44   1.65    4.11   3.98
+parametric               0.0016  0.0009  0.0006  0.0002  2.95   6.9     0.011  0.005
+pool(2000) of parametr.  0.027   0.020   0.029   0.014   1.11   1.69    3.88   3.75
+clavaddpm                0.0053  0.0115  0.0054  0.0050  1.61   1.77    0.41   0.41
+pool(2000) of clavaddpm  0.022   0.027   0.023   0.017   1.21   1.55    4.15   4.03
+ctgan                    0.020   0.021   0.017   0.016   1.25   1.45    2.17   2.16
+pool(2000) of ctgan      0.044   0.044   0.042   0.028   1.25   1.50    6.02   5.89
+=======================  ======  ======  ======  ======  =====  ======  =====  ==========
 
-Seconds, fastest of 15 calls; "ratio" is (save + load) / (pickle save + pickle load). Every model whose
-round trip takes time (diffusion, CTGAN, the pools) costs 1.45-1.77 times pickle's. Format version 3 wrote one
-``.npy`` member per array, whose headers cost most of the small models' time (bootstrap 6.7, pools up to 2.1
-times pickle); version 4 puts the arrays in one raw member read with ``numpy.frombuffer``. What is left for
-the smallest files is a fixed cost of about 2 ms (metadata with the schema, SHA-256 of each member, the
-signature, the atomic rename): the 14 KB parametric model's round trip is 2.3 ms against pickle's 0.3 ms.
+Seconds, fastest of 15 interleaved calls (60 for round trips under 10 ms); "ratio" is (save + load) /
+(pickle save + pickle load). Every model but the smallest costs 1.1-1.9 times pickle's round trip. Format
+version 3 wrote one ``.npy`` member per array (bootstrap 6.7, pools up to 2.1 times pickle); version 4 puts
+the arrays in one raw member read with ``numpy.frombuffer``; issue 16 cut the fixed cost. The 11 KB
+parametric model stays above 2x: its round trip is about 2.5 ms against pickle's 0.8 ms. Where its time
+goes: the atomic write's rename (which pickle pays too); the tagged JSON state (about 100 nodes, the schema
+among them) encoded and decoded in Python, its JSON text dumped and parsed; the metadata (with the schema
+again) dumped, hashed canonically on save and load and parsed; zipfile's per-member headers. Pickle does
+all of this in 0.2 ms of C. A hand-written reader and writer of the stored zip was tried and brought the
+ratio to 2.6 (not 2): not worth a second zip parser for untrusted files. Going lower needs a format change
+(no second copy of the schema, a flatter state), not a cheaper check.
 Files are 1-10% larger than the pickles (string columns are stored as one UTF-8 buffer, repeated strings once).
 
 The diffusion generator samples 26,000-31,000 students/s on *one* thread (``bench_diffusion.py``), the
@@ -121,8 +128,8 @@ def timed(fn, reps):
 
 
 def round_trip(label: str, gen, reps: int, folder: Path) -> dict:
-    """Fastest-of-``reps`` save / load seconds of the safe format and of a pickle of the same generator written as
-    format version 2 did (atomically, a dict around the generator)."""
+    """Fastest-of-``reps`` (interleaved) save / load seconds of the safe format and of a pickle of the same
+    generator written as format version 2 did (atomically, a dict around the generator)."""
     from mlsimkit.generators import load
     from mlsimkit.io import atomic_path
 
@@ -136,11 +143,14 @@ def round_trip(label: str, gen, reps: int, folder: Path) -> dict:
         with open(pkl, "rb") as fh:
             return pickle.load(fh)["generator"]
 
-    def best(fn):  # fastest of ``reps`` calls: the one least disturbed by other jobs on a shared machine
-        return min(timed(fn, 1)[0] for _ in range(reps))
-
-    save_s, psave_s = best(lambda r: gen.save(safe)), best(pickle_save)
-    load_s, pload_s = best(lambda r: load(safe)), best(pickle_load)
+    # fastest of ``reps`` calls each, the four kinds of call interleaved so that a burst of other jobs on a
+    # shared machine slows both formats alike; sub-10 ms round trips get 60 rounds (under a second)
+    fns = [lambda r: gen.save(safe), pickle_save, lambda r: load(safe), pickle_load]
+    best = [timed(fn, 1)[0] for fn in fns]
+    rounds = max(reps, 60) if sum(best) < 0.01 else reps
+    for _ in range(rounds - 1):
+        best = [min(b, timed(fn, 1)[0]) for b, fn in zip(best, fns)]
+    save_s, psave_s, load_s, pload_s = best
     return {"model": label, "save_s": save_s, "load_s": load_s, "pickle_save_s": psave_s,
             "pickle_load_s": pload_s, "round_trip_ratio": (save_s + load_s) / (psave_s + pload_s),
             "MB": safe.stat().st_size / 1e6, "pickle_MB": pkl.stat().st_size / 1e6}

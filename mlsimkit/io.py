@@ -28,6 +28,24 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_bytes(target: str | Path, data) -> Path:
+    """Atomically write the bytes-like ``data`` to ``target``: one write to a temporary file opened once
+    (the descriptor :func:`tempfile.mkstemp` returns), then :func:`os.replace`; no temporary file is left
+    behind on failure."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
 def write_text(target: str | Path, text: str) -> Path:
     """Atomically write ``text`` to ``target``."""
     with atomic_path(target) as tmp:

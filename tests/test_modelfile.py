@@ -312,3 +312,66 @@ def test_codec_round_trips_the_value_types_a_state_holds(tmp_path):
     assert back["strings"].dtype == object and back["strings"].tolist() == [["k1", "k2"], ["k3", "k4"]]
     with pytest.raises(MlsimkitError, match=r"test\['bad'\]: an object of type builtins:function cannot be saved"):
         mf._Encoder().enc({"bad": lambda: 0}, "test")
+
+
+# ---------------------------------------------------------------------------- the archive layer
+def test_archive_is_a_standard_zip_and_other_zips_still_load(boot, tmp_path):
+    path = boot.save(tmp_path / "boot.zip")
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None  # every CRC right, as any zip tool checks
+        members = {n: zf.read(n) for n in zf.namelist()}
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+    # the same members compressed (not what write() makes): still loads, the same generator
+    other = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(other, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    assert load(other).sample(5, seed=1).equals(boot.sample(5, seed=1))
+
+
+@pytest.mark.parametrize("where", ["arrays", "metadata", "directory"])
+def test_damaged_byte_is_refused(boot, tmp_path, where):
+    path = boot.save(tmp_path / "boot.zip")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        member = {"arrays": "arrays.bin", "metadata": "metadata.json"}.get(where)
+        start = zf.getinfo(member).header_offset + 30 + len(member) if member else None
+    if where == "arrays":  # a flipped bit inside arrays.bin: its hash no longer matches
+        i = start + 100
+    elif where == "metadata":  # inside a string of metadata.json: its CRC no longer matches
+        i = data.index(b"mlsimkit-generator", start) + 3
+    else:  # the central directory's record of metadata.json's CRC (the first entry)
+        i = data.index(b"PK\x01\x02") + 16
+    data[i] ^= 0x01
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(data))
+    # arrays.bin: refused by its SHA-256 (or zipfile's CRC); metadata and directory: by zipfile's checks
+    with pytest.raises(FormatVersionError, match=r"bad\.zip'.*(damaged|content hash mismatch in member arrays)"):
+        load(bad)
+
+
+def test_a_replaced_key_is_read_again(boot, tmp_path):
+    a = json.loads(zipfile.ZipFile(boot.save(tmp_path / "a.zip")).read("metadata.json"))
+    key = mf.key_file()
+    new = tmp_path / "new-key"
+    new.write_text("ab" * 32)
+    os.replace(new, key)  # another file under the same name (as a user replacing the key would)
+    b = json.loads(zipfile.ZipFile(boot.save(tmp_path / "b.zip")).read("metadata.json"))
+    assert a["content_sha256"] == b["content_sha256"] and a["signature"] != b["signature"]
+    assert b["signature"] == mf._sign(b["content_sha256"], bytes.fromhex("ab" * 32))
+
+
+def test_write_bytes_is_atomic(tmp_path):
+    from mlsimkit.io import write_bytes
+
+    target = tmp_path / "sub" / "f.bin"
+    assert write_bytes(target, b"one") == target and target.read_bytes() == b"one"
+
+    class Boom:  # a bytes-like whose write fails midway
+        def __buffer__(self, flags):
+            raise OSError("disk full")
+
+    with pytest.raises((OSError, TypeError)):
+        write_bytes(target, Boom())
+    assert target.read_bytes() == b"one"  # the old content, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]  # no temporary file left

@@ -27,6 +27,10 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     Only for CTGAN: the ``ctgan`` package's own model object, which has no array form here (its data
     transformer holds ``rdt`` transformer objects). Such a file has ``requires_trust: true``.
 
+The archive is an ordinary stored (uncompressed) zip that any zip tool opens, built in memory by
+:mod:`zipfile` and written with one call to a temporary file renamed onto the target; a file is read with
+one call and parsed by :mod:`zipfile` from memory.
+
 Loading (:func:`read`) reads and checks the metadata before it touches any array: a truncated or damaged
 archive, another format version (a version-2 pickle from an earlier build is recognised without
 unpickling it), a class not on the allow-list, a schema other than the expected one, and a content hash
@@ -46,14 +50,17 @@ why and how to opt in. The key never enters a file; anyone with it can sign, so 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import pickle
 import pickletools
 import secrets
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -62,7 +69,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FormatVersionError, MlsimkitError
-from ..io import atomic_path
+from ..io import write_bytes
 
 #: 4: as 3, with all arrays in one raw member ``arrays.bin``.
 #: 3: zip of JSON metadata + numpy arrays (no pickle, except CTGAN's model behind trust).
@@ -77,6 +84,8 @@ _ARRAYS = "arrays.bin"
 #: dtype kinds an array may have (no objects, no structured records)
 _ARRAY_KINDS = "biufcUSmM"
 _MAX_META_BYTES = 16 * 2**20
+#: how many evenly spaced items of a string array are looked at to decide whether to factorise it
+_SAMPLE = 256
 
 #: generator classes a file may name (short name -> "module:qualname"), imported only when named
 GENERATOR_CLASSES = {
@@ -100,13 +109,22 @@ TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddp
 #: modules whose objects may only be pickled (behind trust)
 PICKLED_MODULES = ("ctgan.",)
 _EXT_DTYPES = {"string", "Int64", "Int32", "Float64", "boolean"}
+#: types stored as themselves (the encoder's fast path; floats need the finiteness check)
+_PLAIN = frozenset({type(None), bool, str, int})
+#: the classes of :data:`OBJECT_CLASSES` the encoder has met (exact type -> name; skips the other checks)
+_OBJECT_TYPES: dict[type, str] = {}
+#: what :func:`json.loads` returns for a JSON scalar (the decoder's fast path)
+_JSON_SCALARS = frozenset({type(None), bool, int, float, str})
 
 
 def _qualname(cls) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+@functools.lru_cache(maxsize=None)
 def _import(spec: str):
+    """The class named ``module:qualname`` (callers pass only names from the allow-lists; cached, since
+    :func:`importlib.import_module` costs microseconds per call even for a loaded module)."""
     import importlib
 
     module, _, name = spec.partition(":")
@@ -137,15 +155,37 @@ def _existing_parent(path: Path) -> Path:
     return path.parent
 
 
+#: the key read in this process, by the identity of its file (path, device, inode, size, mtime, owner)
+_KEYS: dict[tuple, bytes] = {}
+
+
+def _key_ident(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
+
+
 def _key(create: bool) -> bytes | None:
     """This user's signing key (created with mode 0600 on first use when ``create``); None if unavailable
-    (files are then unsigned, and a CTGAN model needs ``trust=True``)."""
+    (files are then unsigned, and a CTGAN model needs ``trust=True``). A key read before is reused while
+    its file stats the same (one ``stat``: on a slow file system the checks of the folder cost more than
+    a small model's save); a file that changed, moved or is new is checked and read again."""
     path = key_file()
+    ident = _key_ident(path)
+    if ident is not None and ident in _KEYS:
+        return _KEYS[ident]
     try:
         if path.parent.exists() and hasattr(os, "getuid") and path.parent.stat().st_uid != os.getuid():
             return None  # a folder someone else made (e.g. in a shared temp dir) cannot hold our key
         if path.is_file():
-            return bytes.fromhex(path.read_text().strip())
+            ident = _key_ident(path)
+            key = bytes.fromhex(path.read_text().strip())
+            _KEYS.clear()
+            if ident is not None and _key_ident(path) == ident:  # not replaced while being read
+                _KEYS[ident] = key
+            return key
         if not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -193,10 +233,16 @@ class _Encoder:
             return {"__array__": self._array(a)}
         if a.dtype.kind == "O":
             flat = a.ravel()
-            items = flat.tolist()
-            if set(map(type, items)) == {str}:
-                codes, uniques = pd.factorize(flat)
-                repeated = len(uniques) <= len(items) // 2  # e.g. a foreign key: store each value once
+            if pd.api.types.infer_dtype(flat, skipna=False) == "string":  # every item a str (one C pass)
+                items = flat.tolist()
+                # e.g. a foreign key: store each value once. Factorising all the items costs more than the
+                # rest of the column, so it runs only when the first items or an evenly spaced sample hold
+                # a value twice (unique ids don't; samples that miss the repeats only cost file size)
+                repeated = any(len(set(sample)) < len(sample)
+                               for sample in (items[:_SAMPLE], items[::max(1, len(items) // _SAMPLE)]))
+                if repeated:
+                    codes, uniques = pd.factorize(flat)
+                    repeated = len(uniques) <= len(items) // 2
                 if repeated:
                     items = uniques.tolist()
                 text = "\x00".join(items)
@@ -208,13 +254,13 @@ class _Encoder:
                         out["codes"] = self.ndarray(codes.astype(np.int64), where)
                     return out
             return {"__objects__": [self.enc(v, where) for v in flat], "shape": list(a.shape)}
-        raise MlsimkitError(f"{where}: an array of dtype {a.dtype} cannot be saved safely")
+        raise MlsimkitError(f"{_where(where)}: an array of dtype {a.dtype} cannot be saved safely")
 
     def values(self, values, where: str):
         """The values of a pandas column or index."""
         dtype = values.dtype
         if isinstance(dtype, pd.CategoricalDtype):
-            cat = pd.Categorical(values)
+            cat = values.array  # the Categorical of a column or index (no copy)
             return {"__categorical__": {"codes": self.ndarray(np.asarray(cat.codes), where),
                                         "categories": self.index(cat.categories, where),
                                         "ordered": bool(cat.ordered)}}
@@ -223,44 +269,46 @@ class _Encoder:
         if str(dtype) in _EXT_DTYPES:
             vals = [None if pd.isna(v) else v for v in np.asarray(values, dtype=object)]
             return {"__extension__": str(dtype), "values": [self.enc(v, where) for v in vals]}
-        raise MlsimkitError(f"{where}: a column of dtype {dtype} cannot be saved safely")
+        raise MlsimkitError(f"{_where(where)}: a column of dtype {dtype} cannot be saved safely")
 
     def index(self, idx: pd.Index, where: str):
         if isinstance(idx, pd.MultiIndex):
-            raise MlsimkitError(f"{where}: a MultiIndex cannot be saved")
+            raise MlsimkitError(f"{_where(where)}: a MultiIndex cannot be saved")
         name = self.enc(idx.name, where)
         if isinstance(idx, pd.RangeIndex):
             return {"__range__": [idx.start, idx.stop, idx.step], "name": name}
         return {"__index__": self.values(idx, where), "name": name}
 
     def enc(self, obj: Any, where: str):  # noqa: C901 - one branch per supported type
-        if obj is None or type(obj) in (bool, str):
+        t = type(obj)
+        if t in _PLAIN:
             return obj
+        if t is dict:
+            return {"__dict__": [[k if type(k) in _PLAIN else self.enc(k, where),
+                                  v if type(v) in _PLAIN else self.enc(v, (where, k))] for k, v in obj.items()]}
+        if t is list:
+            return [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]
+        if t is float:
+            return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+        if t is tuple:
+            return {"__tuple__": [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]}
+        if t in _OBJECT_TYPES:  # an allow-listed class met before (exact type)
+            return {"__object__": _OBJECT_TYPES[t], "state": self.enc(_state(obj), where)}
         if isinstance(obj, np.str_):
             return str(obj)
-        if type(obj) is int:
-            return obj
-        if type(obj) is float:
-            return obj if np.isfinite(obj) else {"__float__": repr(obj)}
         if isinstance(obj, np.generic):
             if obj.dtype.kind not in "biuf":
-                raise MlsimkitError(f"{where}: a numpy scalar of dtype {obj.dtype} cannot be saved safely")
+                raise MlsimkitError(f"{_where(where)}: a numpy scalar of dtype {obj.dtype} cannot be saved safely")
             return {"__scalar__": obj.dtype.str, "value": self.enc(obj.item(), where)}
-        if type(obj) is list:
-            return [self.enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-        if type(obj) is tuple:
-            return {"__tuple__": [self.enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
-        if type(obj) is dict:
-            return {"__dict__": [[self.enc(k, where), self.enc(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
-        if type(obj) is slice:
+        if t is slice:
             return {"__slice__": [self.enc(obj.start, where), self.enc(obj.stop, where), self.enc(obj.step, where)]}
         if isinstance(obj, np.ndarray):
             return self.ndarray(obj, where)
         if isinstance(obj, pd.DataFrame):
             if not obj.columns.is_unique:
-                raise MlsimkitError(f"{where}: a frame with duplicate column names cannot be saved")
+                raise MlsimkitError(f"{_where(where)}: a frame with duplicate column names cannot be saved")
             return {"__frame__": {"columns": self.index(obj.columns, where), "index": self.index(obj.index, where),
-                                  "data": [self.values(obj[c], f"{where}[{c!r}]") for c in obj.columns]}}
+                                  "data": [self.values(obj[c], (where, c)) for c in obj.columns]}}
         if isinstance(obj, pd.Series):
             return {"__series__": {"values": self.values(obj, where), "index": self.index(obj.index, where),
                                    "name": self.enc(obj.name, where)}}
@@ -277,7 +325,7 @@ class _Encoder:
         if isinstance(obj, Generator):
             short = type(obj).__name__
             if GENERATOR_CLASSES.get(short) != name:
-                raise MlsimkitError(f"{where}: generator class {name} is not on the allow-list of saved models")
+                raise MlsimkitError(f"{_where(where)}: generator class {name} is not on the allow-list of saved models")
             return {"__generator__": short, "state": self.enc(_state(obj), where)}
         if name in TORCH_CLASSES:
             state = {k: {"__array__": self._array(v.detach().cpu().numpy())} for k, v in obj.state_dict().items()}
@@ -286,12 +334,22 @@ class _Encoder:
         if type(obj).__module__ == "torch" and type(obj).__name__ == "Tensor":
             return {"__tensor__": self._array(obj.detach().cpu().numpy())}
         if name in OBJECT_CLASSES:
+            _OBJECT_TYPES[type(obj)] = name
             return {"__object__": name, "state": self.enc(_state(obj), where)}
         if type(obj).__module__.startswith(PICKLED_MODULES):
             member = f"pickle/{len(self.members):05d}.pkl"
             self.members[member] = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
             return {"__pickle__": member}
-        raise MlsimkitError(f"{where}: an object of type {name} cannot be saved safely (not on the allow-list)")
+        raise MlsimkitError(f"{_where(where)}: an object of type {name} cannot be saved safely (not on the allow-list)")
+
+
+def _where(where) -> str:
+    """The readable location of a value: ``where`` is a string or a ``(parent, key)`` pair built lazily
+    (formatting every location while encoding costs more than encoding small values)."""
+    if type(where) is tuple:
+        parent, key = where
+        return f"{_where(parent)}[{key!r}]"
+    return where
 
 
 def _state(obj) -> dict:
@@ -299,6 +357,16 @@ def _state(obj) -> dict:
     if not isinstance(state, dict):
         raise MlsimkitError(f"object of type {_qualname(type(obj))}: its state is not a mapping")
     return dict(state)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_dtype(spec: str) -> np.dtype | None:
+    """The numpy dtype a record names if it is a plain one (kind in :data:`_ARRAY_KINDS`, no fields),
+    else None (cached: a state names a handful of dtypes many times)."""
+    if type(spec) is not str:
+        return None
+    dt = np.dtype(spec)
+    return dt if dt.kind in _ARRAY_KINDS and dt.fields is None else None
 
 
 class _Decoder:
@@ -316,16 +384,15 @@ class _Decoder:
         """The array recorded as ``[offset, dtype, shape]`` in ``arrays.bin`` (bounds and dtype checked)."""
         try:
             offset, dtype, shape = spec
-            dt = np.dtype(str(dtype))
-            shape = tuple(int(n) for n in shape)
-            ok = (isinstance(offset, int) and offset >= 0 and dt.kind in _ARRAY_KINDS and dt.fields is None
-                  and all(n >= 0 for n in shape))
+            dt = _plain_dtype(dtype)
+            shape = tuple([int(n) for n in shape])
+            ok = type(offset) is int and offset >= 0 and dt is not None and all(n >= 0 for n in shape)
         except (TypeError, ValueError):
             ok = False
         if not ok:
             raise self.bad(f"an array record that is not [offset, plain dtype, shape]: {spec!r}")
         blob = self._member(_ARRAYS)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if offset + count * dt.itemsize > len(blob):
             raise self.bad(f"an array record beyond the end of {_ARRAYS}")
         return np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape).copy()
@@ -344,23 +411,35 @@ class _Decoder:
     def index(self, spec):
         if "__range__" in spec:
             return pd.RangeIndex(*spec["__range__"], name=self.dec(spec["name"]))
-        return pd.Index(self.values(spec["__index__"]), name=self.dec(spec["name"]), tupleize_cols=False)
+        values = self.values(spec["__index__"])
+        # an array's dtype is the saved index's (as saved; it also spares pandas' type inference)
+        dtype = values.dtype if isinstance(values, np.ndarray) else None
+        return pd.Index(values, dtype=dtype, name=self.dec(spec["name"]), tupleize_cols=False)
 
     def bad(self, reason: str) -> FormatVersionError:
         return FormatVersionError(f"file '{self.path}': damaged saved generator ({reason})")
 
     def dec(self, x):  # noqa: C901 - one branch per tag
-        if x is None or isinstance(x, (bool, int, float, str)):
+        if type(x) in _JSON_SCALARS:
             return x
-        if isinstance(x, list):
-            return [self.dec(v) for v in x]
-        if not isinstance(x, dict) or not x:
+        if type(x) is list:
+            return [v if type(v) in _JSON_SCALARS else self.dec(v) for v in x]
+        if type(x) is not dict or not x:
             raise self.bad(f"unexpected value {type(x).__name__}")
         tag = next(iter(x))
         if tag == "__dict__":
-            return {self.dec(k): self.dec(v) for k, v in x[tag]}
+            return {k if type(k) in _JSON_SCALARS else self.dec(k): v if type(v) in _JSON_SCALARS else self.dec(v)
+                    for k, v in x[tag]}
+        # the frequent tags first
+        if tag == "__object__":
+            if x[tag] not in OBJECT_CLASSES:
+                raise self.bad(f"class {x[tag]!r} is not on the allow-list")
+            return _restore(_import(x[tag]), self.dec(x["state"]))
+        if tag == "__array__":
+            a = self._array(x[tag])
+            return a.astype(object) if x.get("object") else a
         if tag == "__tuple__":
-            return tuple(self.dec(v) for v in x[tag])
+            return tuple([v if type(v) in _JSON_SCALARS else self.dec(v) for v in x[tag]])
         if tag == "__float__":
             return float(x[tag])
         if tag == "__scalar__":
@@ -370,9 +449,6 @@ class _Decoder:
             return dt.type(self.dec(x["value"]))
         if tag == "__slice__":
             return slice(*(self.dec(v) for v in x[tag]))
-        if tag == "__array__":
-            a = self._array(x[tag])
-            return a.astype(object) if x.get("object") else a
         if tag == "__strings__":
             blob = self._array(x[tag])
             if blob.dtype != np.uint8 or blob.ndim != 1:
@@ -412,10 +488,6 @@ class _Decoder:
             if x[tag] not in GENERATOR_CLASSES:
                 raise self.bad(f"generator class {x[tag]!r} is not on the allow-list")
             return _restore(_import(GENERATOR_CLASSES[x[tag]]), self.dec(x["state"]))
-        if tag == "__object__":
-            if x[tag] not in OBJECT_CLASSES:
-                raise self.bad(f"class {x[tag]!r} is not on the allow-list")
-            return _restore(_import(x[tag]), self.dec(x["state"]))
         if tag == "__torch__":
             if x[tag] not in TORCH_CLASSES:
                 raise self.bad(f"network class {x[tag]!r} is not on the allow-list")
@@ -487,7 +559,7 @@ def _training(gen) -> dict:
 
 def _canonical(meta: dict) -> str:
     core = {k: v for k, v in meta.items() if k not in ("content_sha256", "signature")}
-    return json.dumps(core, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return json.dumps(core, sort_keys=True, separators=(",", ":"), allow_nan=True, check_circular=False)
 
 
 # ============================================================================ write / read
@@ -502,7 +574,10 @@ def write(gen, path: str | Path) -> Path:
                             "saved models (mlsimkit.generators.modelfile.GENERATOR_CLASSES)")
     enc = _Encoder()
     state = enc.enc(gen, f"generator {short}")
-    members = {_STATE: json.dumps(state, separators=(",", ":"), allow_nan=True).encode(), **enc.finish()}
+    # check_circular=False: the encoder built a fresh tree (a cycle in the generator would have recursed
+    # there already), and the check costs more than half of json's time on a small state
+    members = {_STATE: json.dumps(state, separators=(",", ":"), allow_nan=True, check_circular=False).encode(),
+               **enc.finish()}
     schema = getattr(gen, "schema_", None)
     meta = {
         "magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
@@ -512,14 +587,15 @@ def write(gen, path: str | Path) -> Path:
     }
     meta["content_sha256"] = hashlib.sha256(_canonical(meta).encode()).hexdigest()
     meta["signature"] = _sign(meta["content_sha256"], _key(create=True))
-    buf = io.BytesIO()  # built in memory, written with one call (many small members write slowly to disk)
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(_META, json.dumps(meta, indent=1, allow_nan=True))
-        for m, b in members.items():
-            zf.writestr(m, b)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getbuffer())
-    return path
+    # compact: an indented dump runs json's pure-Python encoder (a tenth of a small model's round trip);
+    # not the canonical text, whose sorted keys would lose the schema's table and column order
+    text = json.dumps(meta, separators=(",", ":"), allow_nan=True, check_circular=False)
+    # built in memory, written with one call (many small members write slowly to disk)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in {_META: text.encode(), **members}.items():
+            zf.writestr(name, data)
+    return write_bytes(path, buf.getvalue())
 
 
 def _old_pickle_version(path: Path) -> Any:
@@ -544,9 +620,9 @@ def _old_pickle_version(path: Path) -> Any:
 def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
     """The checked metadata of a saved generator: magic and format version (nothing else is read)."""
     path = Path(path)
-    if not path.is_file():
-        raise MlsimkitError(f"file '{path}': saved generator not found")
     if zf is None:
+        if not path.is_file():
+            raise MlsimkitError(f"file '{path}': saved generator not found")
         with _open(path) as zf:
             return read_metadata(path, zf)
     try:
@@ -556,8 +632,21 @@ def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
     if info.file_size > _MAX_META_BYTES:
         raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large)")
     try:
-        meta = json.loads(zf.read(_META))
-    except (ValueError, zipfile.BadZipFile, OSError) as exc:
+        raw = zf.read(_META)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable {_META} ({exc})") from None
+    return _checked_metadata(path, raw)
+
+
+def _checked_metadata(path: Path, raw) -> dict:
+    """The metadata in the bytes ``raw`` of ``metadata.json``, its magic and format version checked."""
+    if raw is None:
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (no {_META})")
+    if len(raw) > _MAX_META_BYTES:
+        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large)")
+    try:
+        meta = json.loads(bytes(raw))
+    except ValueError as exc:
         raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable {_META} ({exc})") from None
     if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
         raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (wrong magic)")
@@ -569,9 +658,28 @@ def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
     return meta
 
 
-def _open(path: Path) -> zipfile.ZipFile:
+def _members(path: Path) -> dict:
+    """Every member of the archive at ``path`` (name -> bytes), from one read of the file; until the
+    metadata has been checked they are only bounds-checked, CRC-checked and hashed, never interpreted."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
+        data = fh.read()
+    with _open(path, data) as zf:
+        out = {}
+        for m in zf.namelist():
+            try:
+                out[m] = zf.read(m)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise FormatVersionError(f"file '{path}': damaged saved generator, member {m} ({exc})") from None
+        return out
+
+
+def _open(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
+    """The archive at ``path`` (parsed from ``data``, the file's bytes, when given)."""
+    if data is None:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    else:
+        head = data[:4]
     if head[:1] == b"\x80":
         version = _old_pickle_version(path)
         raise FormatVersionError(
@@ -579,7 +687,7 @@ def _open(path: Path) -> zipfile.ZipFile:
             f"from an earlier mlsimkit; pickles are not loaded because unpickling runs code, and this mlsimkit "
             f"reads version {FORMAT_VERSION}; retrain and save it again")
     try:
-        return zipfile.ZipFile(path)
+        return zipfile.ZipFile(path if data is None else io.BytesIO(data))
     except (zipfile.BadZipFile, OSError):
         if head == b"PK\x03\x04":
             raise FormatVersionError(f"file '{path}': truncated or damaged saved generator (its zip directory "
@@ -620,54 +728,48 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
     path = Path(path)
     if not path.is_file():
         raise MlsimkitError(f"file '{path}': saved generator not found")
-    with _open(path) as zf:
-        meta = read_metadata(path, zf)
-        cls = meta.get("class")
-        if cls not in GENERATOR_CLASSES:
-            raise FormatVersionError(f"file '{path}': generator class {cls!r} is not on the allow-list of saved "
-                                     f"models {sorted(GENERATOR_CLASSES)}")
-        if schema is not None:
-            if not isinstance(meta.get("schema"), dict):
-                raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
-            try:
-                diff = schema_differences(meta["schema"], schema)
-            except MlsimkitError as exc:
-                raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
-            if diff:
-                raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
-                                         f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
-        entries = meta.get("entries")
-        names = set(zf.namelist()) - {_META}
-        if not isinstance(entries, dict) or set(entries) != names:
-            raise FormatVersionError(f"file '{path}': damaged saved generator (its members do not match the "
-                                     "list in its metadata)")
-        content = hashlib.sha256(_canonical(meta).encode()).hexdigest()
-        if content != meta.get("content_sha256"):
-            raise FormatVersionError(f"file '{path}': content hash mismatch in its metadata (modified or "
+    blobs = _members(path)
+    meta = _checked_metadata(path, blobs.get(_META))
+    cls = meta.get("class")
+    if cls not in GENERATOR_CLASSES:
+        raise FormatVersionError(f"file '{path}': generator class {cls!r} is not on the allow-list of saved "
+                                 f"models {sorted(GENERATOR_CLASSES)}")
+    if schema is not None:
+        if not isinstance(meta.get("schema"), dict):
+            raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
+        try:
+            diff = schema_differences(meta["schema"], schema)
+        except MlsimkitError as exc:
+            raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
+        if diff:
+            raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
+                                     f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
+    entries = meta.get("entries")
+    names = set(blobs) - {_META}
+    if not isinstance(entries, dict) or set(entries) != names:
+        raise FormatVersionError(f"file '{path}': damaged saved generator (its members do not match the "
+                                 "list in its metadata)")
+    content = hashlib.sha256(_canonical(meta).encode()).hexdigest()
+    if content != meta.get("content_sha256"):
+        raise FormatVersionError(f"file '{path}': content hash mismatch in its metadata (modified or "
+                                 "damaged); retrain or copy it again")
+    pickled = any(m.startswith("pickle/") for m in names)
+    if pickled and not trust:
+        sig = meta.get("signature")
+        key = _key(create=False)
+        if not (isinstance(sig, str) and key is not None and hmac.compare_digest(sig, _sign(content, key))):
+            raise MlsimkitError(
+                f"file '{path}': this {cls} holds a pickled object (the ctgan package's model), and "
+                "unpickling a file runs code with your rights; it was not written by this user's mlsimkit "
+                f"(no valid signature, key {key_file()}). Load it only if you trust its author: "
+                "load(path, trust=True), or 'trust_model_files: true' in the study's params")
+    for m in sorted(names):
+        if hashlib.sha256(blobs[m]).hexdigest() != entries[m]:
+            raise FormatVersionError(f"file '{path}': content hash mismatch in member {m} (modified or "
                                      "damaged); retrain or copy it again")
-        pickled = any(m.startswith("pickle/") for m in names)
-        if pickled and not trust:
-            sig = meta.get("signature")
-            key = _key(create=False)
-            if not (isinstance(sig, str) and key is not None and hmac.compare_digest(sig, _sign(content, key))):
-                raise MlsimkitError(
-                    f"file '{path}': this {cls} holds a pickled object (the ctgan package's model), and "
-                    "unpickling a file runs code with your rights; it was not written by this user's mlsimkit "
-                    f"(no valid signature, key {key_file()}). Load it only if you trust its author: "
-                    "load(path, trust=True), or 'trust_model_files: true' in the study's params")
-        blobs = {}
-        for m in sorted(names):
-            try:
-                blobs[m] = zf.read(m)
-                digest = hashlib.sha256(blobs[m]).hexdigest()
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise FormatVersionError(f"file '{path}': damaged saved generator, member {m} ({exc})") from None
-            if digest != entries[m]:
-                raise FormatVersionError(f"file '{path}': content hash mismatch in member {m} (modified or "
-                                         "damaged); retrain or copy it again")
     dec = _Decoder(blobs, path, allow_pickle=pickled)  # pickled and untrusted was refused above
     try:
-        state = json.loads(blobs[_STATE])
+        state = json.loads(bytes(blobs[_STATE]))
     except (KeyError, ValueError):
         raise dec.bad(f"no readable {_STATE}") from None
     if not isinstance(state, dict) or state.get("__generator__") != cls:
