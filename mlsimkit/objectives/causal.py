@@ -188,14 +188,20 @@ def analyse_causal(condition, data, rng, *, spec, estimator: str, version: str, 
              "ci_upper_naive": r["ci_high_naive"], "share_trimmed": r["share_trimmed"], "dropped": r["dropped"]}]
 
 
+def engine_settings(m: dict) -> dict:
+    """The keyword arguments of :func:`~mlsimkit.causal.estimate_ate` that ``m`` (the ``model:`` mapping)
+    declares, with their defaults."""
+    return {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
+            "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome"),
+            "ridge": float(m.get("ridge", 1.0)), "df": m.get("df", "clusters")}
+
+
 def methods(m: dict, cluster: str) -> dict:
     """``{"<estimator> (<version>)": analyse}`` picklable partials."""
     from ..causal.estimators import ESTIMATORS, VERSIONS
 
     cs = _causal_spec(m, cluster)
-    settings = {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
-                "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome"),
-                "ridge": float(m.get("ridge", 1.0)), "df": m.get("df", "clusters"), "check_overlap": False}
+    settings = {**engine_settings(m), "check_overlap": False}
     out = {}
     for est in m.get("estimators", ESTIMATORS):
         for ver in (["unadjusted"] if est == "DiM" else m.get("versions", VERSIONS)):
@@ -502,10 +508,7 @@ def _fidelity_settings(study) -> tuple[tuple, str, dict]:
     ests = tuple(e for e in FIDELITY_ESTIMATORS if e in m.get("estimators", FIDELITY_ESTIMATORS)) or ("OR",)
     versions = m.get("versions", ["single", "multilevel"])
     version = "multilevel" if "multilevel" in versions else versions[0]
-    settings = {"folds": int(m.get("folds", 5)), "bounds": tuple(m.get("bounds", (0.01, 0.99))),
-                "alpha": float(m.get("alpha", 0.05)), "crossfit": m.get("crossfit", "outcome"),
-                "ridge": float(m.get("ridge", 1.0))}
-    return ests, version, settings
+    return ests, version, engine_settings(m)
 
 
 def quality_context(study, real, models: dict, summary: pd.DataFrame, holdout: dict, seed: int) -> dict:
