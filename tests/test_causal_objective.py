@@ -103,3 +103,54 @@ def test_design_context_shows_overlap_for_causal_only(setup):
     # without sources: no draw, the hybrid fitted here
     assert wf.design_context(st, data)["Overlap: ESS and share truncated, by arm"][0].shape[1] == 2
     assert wf.design_context(S.load("hsb-prediction", profile="quick"), data) == {}
+
+
+def test_methods_share_nuisance_fits_per_data_set_and_match_estimate_ate(setup):
+    """The methods of one replication fit the nuisances once (the first caller's folds) and give exactly
+    estimate_ate's rows for that seed; a new data object is fitted afresh; the result is the same on loky."""
+    from mlsimkit.causal import estimate_ate
+
+    st, data, path = setup
+    obj = objectives.get("causal")
+    m = obj.spec(st)
+    methods = obj.methods(m, data.cluster_key)
+    first = [k for k in methods if k != "DiM (unadjusted)"][0]
+    ref = estimate_ate(data.join_as_one(), obj._causal_spec(m, data.cluster_key),
+                       estimators=tuple(e for e in m["estimators"] if e != "DiM"), versions=("multilevel",),
+                       seed=np.random.default_rng(5), **{**obj.engine_settings(m), "check_overlap": False})
+    got = {}
+    for name, f in methods.items():
+        if name.endswith("(multilevel)"):
+            seed = 5 if name == first.replace("single", "multilevel") else 99  # later callers' rngs are unused
+            got[name] = f({"n_schools": None}, data, np.random.default_rng(seed))[0]["estimate"]
+    for _, r in ref.iterrows():
+        assert got[f"{r['estimator']} (multilevel)"] == r["estimate"]
+    copy = type(data)(data.schema, {k: v.copy() for k, v in data.tables.items()})  # another object: refitted
+    again = methods["TMLE (multilevel)"]({"n_schools": None}, copy, np.random.default_rng(99))[0]["estimate"]
+    assert again != got["TMLE (multilevel)"]
+    generate, methods, truth = obj.source(st, data, "bootstrap", path)
+    a = run({"n_schools": [20]}, generate, methods, reps=2, seed=3, progress=False)
+    b = run({"n_schools": [20]}, generate, methods, reps=2, seed=3, backend="loky", n_jobs=2, progress=False)
+    key = ["rep", "method"]
+    pd.testing.assert_series_equal(a.sort_values(key)["estimate"].reset_index(drop=True),
+                                   b.sort_values(key)["estimate"].reset_index(drop=True))
+
+
+def test_a_failed_shared_fit_is_recorded_for_every_method_that_shares_it(setup):
+    """One treated school: every adjusted method fails with the same message (none silently succeeds on a
+    stale fit of an earlier data set); DiM, fitted on its own, is still computed."""
+    st, data, path = setup
+    obj = objectives.get("causal")
+    generate, methods, _ = obj.source(st, data, "bootstrap", path)
+    ok = generate({"n_schools": 20}, np.random.default_rng(1))
+    for f in methods.values():
+        f({"n_schools": 20}, ok, np.random.default_rng(2))  # fills the cache with a good fit
+    school = ok.tables[ok.schema.levels[0]]
+    cat = school["Sector"].cat.categories
+    tables = {k: v.copy() for k, v in ok.tables.items()}
+    tables[ok.schema.levels[0]]["Sector"] = pd.Categorical([cat[1]] + [cat[0]] * (len(school) - 1),
+                                                            categories=cat)
+    bad = type(ok)(ok.schema, tables)
+    res = run({"n_schools": [20]}, lambda c, rng: bad, methods, reps=1, seed=1, progress=False)
+    adjusted = res[res["method"] != "DiM (unadjusted)"]
+    assert (adjusted["status"] == "error").all() and adjusted["message"].nunique() == 1

@@ -40,6 +40,8 @@ estimators as the real data would (:func:`faithfulness`).
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -176,16 +178,62 @@ def causal_generate(condition, rng, *, hybrid, generator_path: str):
     return hybrid.draw(w, rng)[0]
 
 
-def analyse_causal(condition, data, rng, *, spec, estimator: str, version: str, settings: dict) -> list[dict]:
-    """One estimator (one version) on one data set: the row of the ATE."""
-    from ..causal import estimate_ate
+def analyse_causal(condition, data, rng, *, spec, estimator: str, version: str, settings: dict,
+                   shared: tuple = ()) -> list[dict]:
+    """One estimator (one version) on one data set: the row of the ATE.
 
-    res = estimate_ate(data.join_as_one(), spec, estimators=(estimator,),
-                       versions=(version,) if estimator != "DiM" else (), seed=rng, **settings)
-    r = res.iloc[0]
+    ``shared``: the estimators whose nuisance models this one shares (the study's ``model.estimators``). The
+    first of them that the engine calls on a data set fits the nuisances once for all (:func:`_shared_fits`),
+    the others take their rows: the engine calls a replication's methods one after another on the same data
+    object. One estimator at a time repeats the preparation and the cross-fitted outcome model for each (about
+    4-5 times the work; measured 0.46 vs 0.10 s for the nine methods at 40 schools)."""
+    if estimator == "DiM" or estimator not in shared:
+        from ..causal import estimate_ate
+
+        res = estimate_ate(data.join_as_one(), spec, estimators=(estimator,),
+                           versions=(version,) if estimator != "DiM" else (), seed=rng, **settings)
+    else:
+        res = _shared_fits(data, rng, spec=spec, version=version, estimators=shared, settings=settings)
+    r = res[res["estimator"] == estimator].iloc[0]
     return [{"parameter": "ATE", "estimate": r["estimate"], "se": r["se"], "ci_lower": r["ci_low"],
              "ci_upper": r["ci_high"], "se_naive": r["se_naive"], "ci_lower_naive": r["ci_low_naive"],
              "ci_upper_naive": r["ci_high_naive"], "share_trimmed": r["share_trimmed"], "dropped": r["dropped"]}]
+
+
+_LAST = threading.local()  # per thread (Dask workers may run replications in threads): the last data set's fits
+
+
+def _shared_fits(data, rng, *, spec, version: str, estimators: tuple, settings: dict) -> pd.DataFrame:
+    """Every estimator of ``estimators`` but DiM in ``version`` on ``data``, computed once per data set.
+
+    The result (or the exception, and the warnings raised while computing it) is kept, per version and
+    settings, until a call with another data object; a call with the same data object returns it (raises it,
+    re-issues the warnings: each method sharing a failed or warned nuisance fit records it). The cross-fitting
+    folds come from the first caller's ``rng``: the engine calls methods in a fixed order, so the results are
+    the same on every backend."""
+    from ..causal import estimate_ate
+
+    key = (version, tuple(estimators), spec, tuple(sorted(settings.items())))
+    slot = getattr(_LAST, "slot", None)
+    if slot is None or slot[0] is not data:
+        slot = _LAST.slot = (data, {})
+    hit = slot[1].get(key)
+    if hit is None:
+        ests = tuple(e for e in estimators if e != "DiM")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                table, err = estimate_ate(data.join_as_one(), spec, estimators=ests, versions=(version,),
+                                          seed=rng, **settings), None
+            except Exception as e:  # noqa: BLE001 - re-raised below for every method that shares the fit
+                table, err = None, e
+        hit = slot[1][key] = (table, err, [(w.message, w.category) for w in caught])
+    table, err, caught = hit
+    for message, category in caught:
+        warnings.warn(message, category, stacklevel=2)
+    if err is not None:
+        raise err
+    return table
 
 
 def engine_settings(m: dict) -> dict:
@@ -202,11 +250,11 @@ def methods(m: dict, cluster: str) -> dict:
 
     cs = _causal_spec(m, cluster)
     settings = {**engine_settings(m), "check_overlap": False}
-    out = {}
-    for est in m.get("estimators", ESTIMATORS):
+    out, shared = {}, tuple(m.get("estimators", ESTIMATORS))
+    for est in shared:
         for ver in (["unadjusted"] if est == "DiM" else m.get("versions", VERSIONS)):
             out[f"{est} ({ver})"] = functools.partial(analyse_causal, spec=cs, estimator=est, version=ver,
-                                                      settings=settings)
+                                                      settings=settings, shared=shared)
     return out
 
 
