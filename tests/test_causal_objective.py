@@ -42,7 +42,7 @@ def test_plugin_is_complete_and_truth_is_the_hybrid_coefficient(setup):
 def test_check_model_names_the_key(setup):
     st, data, _ = setup
     obj = objectives.get("causal")
-    model = dict(st.spec["model"], treatment="SES", learner="boosting", bounds=[0.6, 0.9], df="t")
+    model = dict(st.spec["model"], treatment="SES", learner="forest", bounds=[0.6, 0.9], df="t")
     keys = [k for k, _ in obj.check_model(model, data.schema)]
     assert "model.treatment" in keys and "model.learner" in keys and "model.bounds" in keys
     assert "model.df" in keys
@@ -154,3 +154,39 @@ def test_a_failed_shared_fit_is_recorded_for_every_method_that_shares_it(setup):
     res = run({"n_schools": [20]}, lambda c, rng: bad, methods, reps=1, seed=1, progress=False)
     adjusted = res[res["method"] != "DiM (unadjusted)"]
     assert (adjusted["status"] == "error").all() and adjusted["message"].nunique() == 1
+
+
+def test_boosting_learner_from_params_truth_over_the_source_population(setup):
+    """``model.learner: boosting`` is accepted, bad settings name their key; the truth is the boosted outcome
+    model's mean contrast over the covariate generator's population (Monte Carlo SE small, and it moves when
+    the population does), and a replication runs every method."""
+    from mlsimkit.generators import ParametricGenerator
+
+    st, data, path = setup
+    obj = objectives.get("causal")
+    model = dict(st.spec["model"], learner="boosting", boosting={"max_iter": 50}, truth_schools=400)
+    assert obj.check_model(model, data.schema) == []
+    bad = dict(model, boosting=[1], truth_schools=10, learner="forest")
+    keys = {k for k, _ in obj.check_model(bad, data.schema)}
+    assert {"model.boosting", "model.truth_schools", "model.learner"} <= keys
+    st.spec["model"] = model
+    try:
+        fixed = obj.prepare(st, data)
+        h = fixed["hybrid"]
+        assert h.learner == "boosting"
+        ate, se = obj.true_ate(h, path, 400, 1)
+        assert 0 < se < 0.05 and np.isfinite(ate)
+        again, _ = obj.true_ate(h, path, 400, 1)
+        assert again == ate                                  # seeded
+        other = path.parent / "parametric.zip"
+        ParametricGenerator().fit(data).save(other)
+        moved, se2 = obj.true_ate(h, other, 400, 1)
+        assert moved != ate
+        generate, methods, truth = obj.source(st, data, "bootstrap", path, fixed)
+        assert truth["truth"].iloc[0] == pytest.approx(obj.true_ate(h, path, 400, int(st["seed"]))[0])
+        res = run({"n_schools": [30]}, generate, methods, reps=2, seed=1, progress=False)
+        assert (res["status"] == "ok").all(), res[["method", "status", "message"]]
+    finally:
+        st.spec["model"] = S.load("hsb-causal", profile="quick").spec["model"]
+    lmm = obj.prepare(S.load("hsb-causal", profile="quick"), data)["hybrid"]
+    assert obj.true_ate(lmm, path) == (float(lmm.beta_[1]), 0.0)

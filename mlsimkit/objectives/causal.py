@@ -8,7 +8,10 @@ The params file declares the roles and the estimators under ``model:``::
       outcome: y                  # numerical student-level column
       student: [x1, x2]           # student covariates W (of the nuisance models, real and estimated)
       school: [w1, w2]            # school covariates W
-      learner: lmm                # the hybrid's outcome model (only lmm here: its ATE is a constant, exact)
+      learner: lmm                # the hybrid's outcome model: lmm (its ATE is the treatment coefficient, exact)
+                                  # or boosting (scikit-learn; ATE averaged over the covariate generator's
+                                  # population, truth_schools schools, with its Monte Carlo SE: true_ate)
+      boosting: {max_iter: 200}   # HistGradientBoostingRegressor settings (learner: boosting)
       overlap: 1.0                # the hybrid's overlap knob (mlsimkit.causal.hybrid)
       ridge: 1.0                  # penalty of the propensity (the hybrid's and the estimators')
       estimators: [DiM, OR, IPW, AIPW, TMLE]
@@ -22,7 +25,9 @@ The params file declares the roles and the estimators under ``model:``::
 
 Every trained generator is a source: its sample supplies W, and the hybrid generator
 (:class:`~mlsimkit.causal.hybrid.HybridGenerator`, fitted once on the real data in :func:`prepare`) draws the
-treatment and the outcome. The truth is the hybrid outcome model's exact ATE (its treatment coefficient).
+treatment and the outcome. The truth is the hybrid outcome model's ATE over the population the source draws
+from (:func:`true_ate`): its treatment coefficient, exact, for ``learner: lmm``; for ``learner: boosting`` the
+mean predicted contrast over ``truth_schools`` schools of the covariate generator, with its Monte Carlo SE.
 Methods are named ``"<estimator> (<version>)"``; each row's parameter is ``ATE``.
 
 The source ``real schools`` (:data:`REAL`, the causal paper's faithfulness check) draws no synthetic data:
@@ -50,13 +55,15 @@ from ..schema import Schema
 from ..tables import value_mcse
 from . import _columns as C
 
-MODEL_KEYS = ("treatment", "treated", "outcome", "student", "school", "learner", "overlap", "ridge", "estimators",
-              "versions", "folds", "crossfit", "bounds", "alpha", "df", "pseudo_truth")
+MODEL_KEYS = ("treatment", "treated", "outcome", "student", "school", "learner", "boosting", "truth_schools", "overlap",
+              "ridge", "estimators", "versions", "folds", "crossfit", "bounds", "alpha", "df", "pseudo_truth")
 #: The source of subsamples of the real schools (module docstring).
 REAL = "real schools"
 SOURCES = (REAL,)
 #: Default of ``model.pseudo_truth``: the method whose full-data estimate is the ``real schools`` truth.
 PSEUDO_TRUTH = "AIPW (multilevel)"
+LEARNERS = ("lmm", "boosting")
+TRUTH_SCHOOLS = 2000  # schools of the covariate generator over which a boosting outcome model's ATE is averaged
 MEASURES = ("bias", "empse", "rmse", "modelse", "relerror", "coverage", "fail_rate")
 ABLATION_MEASURES = ("bias", "rmse", "coverage")
 
@@ -87,9 +94,14 @@ def check_model(model, schema: Schema) -> list[tuple[str, str]]:
         out.append(("model.student", f"the outcome {model['outcome']!r} cannot also be a covariate"))
     if model.get("treatment") in (model.get("school") or []):
         out.append(("model.school", f"the treatment {model['treatment']!r} cannot also be a covariate"))
-    if model.get("learner", "lmm") != "lmm":
-        out.append(("model.learner", "the causal objective's simulations use 'lmm' (a constant, exact truth); "
-                                     f"got {model.get('learner')!r}"))
+    if model.get("learner", "lmm") not in LEARNERS:
+        out.append(("model.learner", f"expected one of {list(LEARNERS)}, got {model.get('learner')!r}"))
+    if not isinstance(model.get("boosting", {}), dict):
+        out.append(("model.boosting", "expected a mapping of HistGradientBoostingRegressor settings, got "
+                                      f"{model.get('boosting')!r}"))
+    n = model.get("truth_schools", TRUTH_SCHOOLS)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 100:
+        out.append(("model.truth_schools", f"expected an integer >= 100, got {n!r}"))
     for key in ("overlap", "ridge"):
         v = model.get(key, 1.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -163,7 +175,8 @@ def prepare(study, data) -> dict:
     m = spec(study)
     check_data(data.join_as_one(), _causal_spec(m, data.cluster_key), check_overlap=True)
     h = HybridGenerator(m["treatment"], m["outcome"], treated=m.get("treated"), student=m["student"],
-                        school=m["school"], learner="lmm", overlap=float(m.get("overlap", 1.0)),
+                        school=m["school"], learner=m.get("learner", "lmm"), boosting=m.get("boosting"),
+                        overlap=float(m.get("overlap", 1.0)),
                         ridge=float(m.get("ridge", 1.0))).fit(data)
     return {"hybrid": h, "cluster": data.cluster_key}
 
@@ -336,10 +349,30 @@ def source(study, data, name: str, path=None, fixed=None) -> tuple:
                 methods(spec(study), data.cluster_key), truth)
     fixed = fixed or prepare(study, data)
     h = fixed["hybrid"]
-    ate = float(h.beta_[1])  # the treatment coefficient of the linear outcome model: the exact ATE (and ATT)
+    ate, _ = true_ate(h, path, int(spec(study).get("truth_schools", TRUTH_SCHOOLS)), int(study["seed"]))
     truth = pd.DataFrame({"parameter": ["ATE"], "truth": [ate]})
     return (functools.partial(causal_generate, hybrid=h, generator_path=str(path)),
             methods(spec(study), fixed["cluster"]), truth)
+
+
+def true_ate(hybrid, path=None, n_schools: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """``(ATE, Monte Carlo SE)`` of ``hybrid``'s outcome model over the population the simulation draws from.
+
+    ``learner: lmm``: the treatment coefficient, exact for every covariate law (SE 0). ``learner: boosting``:
+    the ATE is the mean of ``Q(1, W) - Q(0, W)``, which depends on the covariate law: it is averaged over
+    ``n_schools`` schools of the covariate generator saved at ``path`` (the population of the source's
+    replications) in ten batches, whose spread gives the SE."""
+    if hybrid.learner == "lmm":
+        return float(hybrid.beta_[1]), 0.0
+    from ..demonstrations import _resolve_generator
+
+    gen = _resolve_generator(None, path)
+    ss = np.random.SeedSequence(seed, spawn_key=(11,))
+    batches = []
+    for s in ss.spawn(10):
+        w = gen.sample(max(n_schools // 10, 10), seed=np.random.default_rng(s))
+        batches.append(hybrid.draw(w, np.random.default_rng(s))[1]["ATE"])
+    return float(np.mean(batches)), float(np.std(batches, ddof=1) / np.sqrt(len(batches)))
 
 
 # ============================================================================ Stage 5
@@ -623,8 +656,10 @@ def quality_context(study, real, models: dict, summary: pd.DataFrame, holdout: d
     out["The ATE each synthetic data set implies"] = (shown.set_index(["generator", "construction", "method"]), (
         f"Reference: each estimator on the real data. {draws} synthetic data set(s) of {real.n_clusters} schools per "
         f"generator and construction; error = mean estimate - reference; {n_failed} failed fit(s) "
-        "(listed, not dropped). The hybrid's estimate targets its exact truth, the outcome model's treatment "
-        f"coefficient {float(hybrid.beta_[1]):.3f}, so its error mixes the estimators' finite-sample error with "
+        "(listed, not dropped). The hybrid's estimate targets its own truth ("
+        + (f"the outcome model's treatment coefficient {float(hybrid.beta_[1]):.3f}" if hybrid.learner == "lmm" else
+           "the boosted outcome model's ATE over each generator's covariates")
+        + "), so its error mixes the estimators' finite-sample error with "
         "the covariates' shift."))
     if len(privacy):
         agg = privacy.groupby(["generator", "metric"], sort=False)["value"].agg(
