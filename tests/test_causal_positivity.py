@@ -142,3 +142,23 @@ def test_claim_is_not_yes_when_augmentation_changes_nothing(setup):
     summ = O.positivity_summary(st, fake, truth)
     assert np.allclose(summ.loc[summ["measure"] == "mse_change", "value"], 0.0)
     assert "yes" not in paper.positivity_claims(summ)["verdict"].tolist()
+
+
+def test_a_failed_augmentation_is_an_error_row_not_a_lost_replication(setup):
+    """A pool without the schools the augmentation needs fails every augmented method of that replication
+    with the augmentation's own message; the methods without augmentation still give their estimates."""
+    from mlsimkit.errors import DataValidationError
+
+    st, data, design, generate, methods, truth, res = setup
+    d = generate({"n_schools": 24, "overlap": 2.0}, np.random.default_rng(4))
+    d.pool = d.pool.iloc[:0]
+    assert methods["IPW (multilevel)"]({"n_schools": 24}, d)[0]["estimate"] == pytest.approx(
+        methods["IPW (multilevel)"]({"n_schools": 24}, d)[0]["estimate"])
+    for name in ("IPW (multilevel, augmented, real average)", "OR (multilevel, augmented, real average)"):
+        with pytest.raises(DataValidationError, match="pool: empty"):
+            methods[name]({"n_schools": 24}, d)
+    from mlsimkit.simulate.engine import _call_method, _methods
+
+    m = [x for x in _methods(methods) if x.name == "AIPW (multilevel, augmented, augmented average)"][0]
+    rows, _ = _call_method(m, {"n_schools": 24}, d, np.random.default_rng(0))
+    assert rows[0]["status"] == "error" and "pool: empty" in rows[0]["message"]
