@@ -956,8 +956,8 @@ def positivity_figure(study, summary: pd.DataFrame):
 
     d = summary[summary["measure"] == "rmse"]
     designs = sorted({(o, n) for o, n in zip(d["overlap"], d["n_schools"])})
-    fig, axes = plt.subplots(1, max(len(designs), 1), figsize=(5.2 * max(len(designs), 1), 3.8), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, max(len(designs), 1), figsize=(4.6 * max(len(designs), 1) + 2.4, 3.8),
+                             squeeze=False, sharey=True)
     arms = list(dict.fromkeys(d["arm"]))
     ests = list(dict.fromkeys(d["estimator"]))
     width = 0.8 / max(len(arms), 1)
@@ -971,7 +971,7 @@ def positivity_figure(study, summary: pd.DataFrame):
         ax.set_title(f"overlap {ov:g}, {n} schools")
         ax.set_xlabel("estimator (multilevel)")
     axes[0][0].set_ylabel("RMSE of the ATE")
-    axes[0][-1].legend(title="augmentation", fontsize=8)
+    axes[0][-1].legend(title="augmentation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     plt.close(fig)
     return fig
