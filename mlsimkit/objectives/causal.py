@@ -999,6 +999,13 @@ def positivity_findings(study, summary: pd.DataFrame, diagnostics: pd.DataFrame)
         if len(shift) and len(aug):
             extra = (f" Augmentation added partners to {aug['value'].iloc[0]:.1f} of {n} schools on average, with a "
                      f"covariate shift (max |SMD|) of {shift['value'].iloc[0]:.3f} ({shift['mcse'].iloc[0]:.3f}).")
+        cov = summary[(summary["measure"] == "coverage") & (summary["overlap"] == ov) & (summary["n_schools"] == n)
+                      & (summary["estimator"] != "DiM")]
+        spans = [f"{_arm_label(a)} {c['value'].min():.2f}-{c['value'].max():.2f}"
+                 for a, c in cov.groupby("arm", sort=False) if len(c)]
+        if spans:
+            extra += (f" Coverage of the {1 - float(spec(study).get('alpha', 0.05)):.0%} intervals (OR, IPW, AIPW, "
+                      "TMLE): " + "; ".join(spans) + " (the augmented SEs treat the synthetic units as fixed).")
         lines.append(f"- **overlap {ov:g}, {n} schools** (MSE without augmentation, then its paired change): "
                      + "; ".join(parts) + "." + extra)
     return "\n".join(lines) or "No augmented method has usable replications in this build."
