@@ -14,6 +14,8 @@ expected. What is checked:
   ``simulation`` (``generator``, ``sources``, ``n_schools``, ``reps``, ``backend``, ``n_jobs``, ``scheduler``
   and ``cluster`` (:mod:`mlsimkit.simulate.cluster`: only with backend dask, a well-formed address, a known
   dask-jobqueue kind), ``failure_policy``, ``max_fail_rate``); ``traditional`` (by the objective); ``ablation``;
+  ``positivity`` (stage ``6-positivity``, by the objective's ``check_positivity``; a study whose objective
+  has none cannot list the stage);
 * the data: the files exist and match the schema (:func:`mlsimkit.data.read_csv`).
 
 :func:`check` returns the problems, :func:`require` raises one :class:`~mlsimkit.errors.ParamsError` listing
@@ -33,7 +35,8 @@ from .errors import MlsimkitError, ParamsError
 
 TOP_KEYS = ("study", "title", "dataset", "schema", "objective", "stages", "model", "common", "profiles",
             "description")
-PARAM_KEYS = ("seed", "generators", "quality", "simulation", "traditional", "ablation", "trust_model_files")
+PARAM_KEYS = ("seed", "generators", "quality", "simulation", "traditional", "ablation", "trust_model_files",
+              "positivity")
 SIMULATION_KEYS = ("generator", "sources", "n_schools", "reps", "backend", "n_jobs", "scheduler", "cluster",
                    "failure_policy", "max_fail_rate")
 ABLATION_KEYS = ("generator", "scenarios", "n_schools", "reps", "quality")
@@ -112,14 +115,17 @@ def check(study: str, profile: str | None = None, root: str | Path | None = None
             out.add(k, f"expected text, got {spec[k]!r}")
     schema = _check_source(spec, root, out)
     objective = _check_objective(spec, out)
-    stages = spec.get("stages", list(study_mod.STAGES))
+    stages = spec.get("stages", list(study_mod.DEFAULT_STAGES))
     if not isinstance(stages, list) or not stages:
         out.add("stages", f"expected a non-empty list of stages from {list(study_mod.STAGES)}, got {stages!r}")
         stages = list(study_mod.STAGES)
     for i, s in enumerate(stages):
         if s not in study_mod.STAGES:
             out.add(f"stages[{i}]", f"unknown stage {s!r}; expected one of {list(study_mod.STAGES)}")
-    simulates = any(s in stages for s in ("4-simulate", "5-evaluate", "6-robustness"))
+    simulates = any(s in stages for s in ("4-simulate", "5-evaluate", "6-robustness", "6-positivity"))
+    if "6-positivity" in stages and objective is not None and not hasattr(objective, "check_positivity"):
+        out.add("stages", f"stage '6-positivity' needs an objective with a positivity hook (check_positivity, "
+                          f"positivity_source); objective {spec.get('objective')!r} has none")
     if objective is not None and schema is not None and ("model" in spec or simulates):
         if "model" not in spec:
             out.add("model", "required by stages 4-6: the analysis model (see mlsimkit.objectives."
@@ -227,6 +233,9 @@ def _check_params(p: dict, profile: str, stages, objective, schema, model, out: 
             out.add(key, f"{message}", profile)
     if "6-robustness" in stages:
         _check_ablation(p.get("ablation"), gens, profile, out)
+    if "6-positivity" in stages and objective is not None and hasattr(objective, "check_positivity"):
+        for key, message in objective.check_positivity(p.get("positivity"), list(gens)):
+            out.add(key, message, profile)
 
 
 def _generator_class(kind: str):

@@ -89,7 +89,8 @@ def cost_table(study, now: float | None = None) -> pd.DataFrame:
     now = time.time() if now is None else now
     rec = timings(study.run_dir)
     sims = {"4-simulate": [study.path("4-simulate", "results.parquet")],
-            "6-robustness": sorted(study.run_dir.glob("6-robustness/*/results.parquet"))}
+            "6-robustness": sorted(study.run_dir.glob("6-robustness/*/results.parquet")),
+            "6-positivity": [study.path("6-positivity", "results.parquet")]}
     rows = []
     for stage in study.stages:
         r = rec.get(stage, {})

@@ -34,7 +34,11 @@ from .schema import Schema
 
 #: The profiles every shipped study defines; a params file may define any others (``mlsimkit run --profile NAME``).
 PROFILES = ("quick", "default", "paper")
-STAGES = ("1-specify", "2-train", "3-quality", "4-simulate", "5-evaluate", "6-robustness")
+#: Every stage notebook (``notebooks/<stage>.ipynb``). ``6-positivity`` (weak overlap and targeted augmentation)
+#: needs an objective with a positivity hook (the causal one), so it is not among the defaults.
+STAGES = ("1-specify", "2-train", "3-quality", "4-simulate", "5-evaluate", "6-robustness", "6-positivity")
+#: The stages of a params file without ``stages:``.
+DEFAULT_STAGES = STAGES[:6]
 _KEYS = {"study", "title", "dataset", "schema", "objective", "stages", "model", "common", "profiles", "description"}
 
 
@@ -63,7 +67,7 @@ class Study:
 
     @property
     def stages(self) -> list[str]:
-        return list(self.spec.get("stages", STAGES))
+        return list(self.spec.get("stages", DEFAULT_STAGES))
 
     @property
     def run_dir(self) -> Path:
@@ -168,7 +172,7 @@ def load(study: str, profile: str = "default", root: str | Path | None = None) -
     if profile not in profiles:
         raise ParamsError(f"file '{path}': profile '{profile}' is not defined under 'profiles' "
                           f"(defined: {list(profiles)})")
-    bad = [s for s in spec.get("stages", STAGES) if s not in STAGES]
+    bad = [s for s in spec.get("stages", DEFAULT_STAGES) if s not in STAGES]
     if bad:
         raise ParamsError(f"file '{path}': unknown stage(s) {bad}; stages are {list(STAGES)}")
     params = _merge(copy.deepcopy(spec.get("common") or {}), profiles[profile] or {})

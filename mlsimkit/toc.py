@@ -55,7 +55,7 @@ def study_part(study: str, root: str | Path) -> dict:
     from . import study as study_mod
 
     spec = yaml.safe_load(study_mod.params_file(study, root).read_text()) or {}
-    stages = spec.get("stages", list(study_mod.STAGES))
+    stages = spec.get("stages", list(study_mod.DEFAULT_STAGES))
     title = spec.get("title", study)
     return {"caption": f"{title} ({study})",
             "chapters": [{"file": f"book/{study}",
@@ -98,7 +98,7 @@ def problems(root: str | Path) -> list[str]:
             out.append(f"_toc.yml lists pages of study '{study}', which has no params file '{pfile}'")
             continue
         spec = yaml.safe_load(pfile.read_text()) or {}
-        want = list(spec.get("stages", study_mod.STAGES))
+        want = list(spec.get("stages", study_mod.DEFAULT_STAGES))
         have = _stage_pages(part, study)
         if have != want:
             out.append(f"_toc.yml lists the stages {have} of study '{study}', its params file says {want}; "

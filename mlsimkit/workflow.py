@@ -16,6 +16,7 @@ stage            writes
 4-simulate       ``4-simulate/<source>/`` (sharded results), ``4-simulate/results.parquet``, ``truth.csv``
 5-evaluate       ``5-evaluate/summary.csv``
 6-robustness     ``6-robustness/quality.csv``, ``6-robustness/simulation.csv``
+6-positivity     ``6-positivity/results.parquet``, ``truth.csv``, ``summary.csv``, ``diagnostics.csv``
 ===============  ==============================================================================
 
 Trained generators are also cached under ``<root>/runs/_models/`` keyed by fingerprints of the training
@@ -931,3 +932,70 @@ def ablation_original_note(study: Study, perf: pd.DataFrame) -> str:
                    + (" (the same replications)." if same and gap < 1e-9 else
                       f" (Stage 5 used {int(m['n_reps_5'].iloc[0])} replications, this stage "
                       f"{int(m['n_reps'].iloc[0])})."))
+
+
+# ============================================================================ Stage 6: positivity
+def _positivity_hook(study: Study):
+    """The study's objective module, checked to have Stage 6's positivity hooks (``positivity_source``)."""
+    obj = objective(study)
+    if not hasattr(obj, "positivity_source"):
+        raise ParamsError(f"file '{study.file}': stage '6-positivity' needs an objective with a positivity hook; "
+                          f"objective '{study.objective}' has none (remove the stage from 'stages')")
+    return obj
+
+
+def positivity(study: Study, data: MultilevelData, *, progress: bool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stage 6 (``6-positivity``): the objective's weak-overlap simulation with and without targeted
+    augmentation on the simulation engine (resumable store ``6-positivity/<source>+<pool>``, the study's
+    ``simulation.backend`` / ``n_jobs``, failures recorded), covariates from Stage 4's source and the pool
+    from ``positivity.pool``. Returns ``(summary, diagnostics)`` and writes them, with the results, under
+    ``6-positivity/``."""
+    obj = _positivity_hook(study)
+    settings = obj.positivity_settings(study)
+    src = simulation_generator(study)
+    pool, _ = obj.positivity_pool(study, src)
+    design, gen, methods, truth = obj.positivity_source(study, data, model_path(study, src), model_path(study, pool))
+    res = _run_source(study, "6-positivity", f"{src}+{pool}", design, gen, methods, settings["reps"], progress)
+    res.insert(0, "source", src)
+    t = truth.rename(columns={"truth": "true_value"}).copy()
+    t.insert(0, "source", src)
+    write_results(study, "6-positivity", res, t)
+    summary = obj.positivity_summary(study, res, truth)
+    diagnostics = obj.positivity_diagnostics(res)
+    for frame, fname in ((summary, "summary.csv"), (diagnostics, "diagnostics.csv")):
+        with atomic_path(study.path("6-positivity", fname)) as tmp:
+            frame.to_csv(tmp, index=False)
+    return summary, diagnostics
+
+
+def positivity_design(study: Study) -> pd.DataFrame:
+    """What Stage 6's positivity simulation runs: its settings, the covariate source and the pool (and why)."""
+    obj = _positivity_hook(study)
+    p = obj.positivity_settings(study)
+    src = simulation_generator(study)
+    pool, why = obj.positivity_pool(study, src)
+    rows = {"overlap (the hybrid's knob; Stage 4 uses model.overlap)": ", ".join(f"{v:g}" for v in p["overlap"]),
+            "numbers of schools": ", ".join(map(str, p["n_schools"])), "replications per design": p["reps"],
+            "augmentation: c (extreme propensity outside [c, 1 - c])": p["c"],
+            "augmentation: k (synthetic partners per extreme school)": p["k"],
+            "averages": ", ".join(p["average"]), "covariates of the analysis data": f"{src} (Stage 4's source)",
+            "pool of synthetic covariates": f"{pool}: {why}",
+            "pool schools per analysis school": p["pool_ratio"],
+            "backend": f"{study['simulation'].get('backend', 'serial')}, {study['simulation'].get('n_jobs', 2)} jobs"}
+    return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]}).set_index("setting")
+
+
+def positivity_tables(study: Study, summary: pd.DataFrame, diagnostics: pd.DataFrame) -> dict:
+    """Stage 6's tables (the objective's): per design, each method with and without augmentation, and the
+    overlap and covariate-shift diagnostics."""
+    return _positivity_hook(study).positivity_tables(study, summary, diagnostics)
+
+
+def positivity_figure(study: Study, summary: pd.DataFrame):
+    """Stage 6's figure (the objective's): RMSE by method with and without augmentation, MCSE bars."""
+    return _positivity_hook(study).positivity_figure(study, summary)
+
+
+def positivity_findings(study: Study, summary: pd.DataFrame, diagnostics: pd.DataFrame) -> str:
+    """What this build found in Stage 6's positivity simulation (the objective's markdown bullets)."""
+    return _positivity_hook(study).positivity_findings(study, summary, diagnostics)

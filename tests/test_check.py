@@ -136,6 +136,15 @@ CASES = [  # (id, study, edit, key of the one problem, words of the message)
     ("adjusted design needs numerical columns", R,
      _set("model", "report", value={"SES": "student", "Sector[T.Catholic]": "school"}),
      "model.report.Sector[T.Catholic]", "needs a numerical column"),
+    ("6-positivity without a positivity hook", P,
+     _set("stages", value=["1-specify", "2-train", "3-quality", "4-simulate", "5-evaluate", "6-positivity"]),
+     "stages", "stage '6-positivity' needs an objective with a positivity hook"),
+    ("positivity c out of range", "hsb-causal", _set("common", "positivity", "augmentation", value={"c": 0.7, "k": 2}),
+     "positivity.augmentation.c", "(0, 0.5)"),
+    ("positivity pool unknown", "hsb-causal", _set("common", "positivity", "pool", value="gpt"),
+     "positivity.pool", "Stage 2 generators"),
+    ("positivity too few schools", "hsb-causal", _set("common", "positivity", "n_schools", value=2),
+     "positivity.n_schools", "integer >= 4"),
 ]
 
 

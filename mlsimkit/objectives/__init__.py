@@ -24,8 +24,11 @@ run once): a module supplies
 =======================================  =====================================================================
 
 Optional: ``check_sources(sources, model, schema)``, problems of what some sources need of the model (the
-recovery objective's ``traditional-adjusted`` needs numerical columns). Modules whose name starts with ``_``
-are helpers, not objectives.
+recovery objective's ``traditional-adjusted`` needs numerical columns); the positivity hooks of stage
+``6-positivity`` (``check_positivity``, ``positivity_settings``, ``positivity_pool``, ``positivity_source``,
+``positivity_summary``, ``positivity_diagnostics``, ``positivity_tables``, ``positivity_figure``,
+``positivity_findings``; the causal objective's), without which ``mlsimkit check`` refuses the stage. Modules
+whose name starts with ``_`` are helpers, not objectives.
 """
 
 from __future__ import annotations

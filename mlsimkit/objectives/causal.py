@@ -687,3 +687,408 @@ def quality_context(study, real, models: dict, summary: pd.DataFrame, holdout: d
             + ("below 0.4: " + "; ".join(low) + "." if low
                else "no share is below 0.4 in this build.")))
     return out
+
+
+# ============================================================================ Stage 6: positivity
+#: Keys of the ``positivity:`` params section (:func:`check_positivity`).
+POSITIVITY_KEYS = ("overlap", "n_schools", "reps", "augmentation", "average", "pool", "pool_ratio")
+AVERAGES = ("real", "augmented")
+#: The base estimators of Stage 6's augmented arms (DiM has no nuisance model to augment).
+AUGMENTED_ESTIMATORS = ("OR", "IPW", "AIPW", "TMLE")
+#: Diagnostics each Stage 6 result row carries (per replication; those of augmentation NaN on plain rows).
+POSITIVITY_DIAGNOSTICS = ("true_share_beyond", "share_beyond", "ess_share_treated", "ess_share_control",
+                          "n_extreme", "schools_augmented", "synthetic_schools", "max_abs_smd")
+
+
+def _num_ok(v, lo=None, hi=None, integer=False) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        return False
+    return (lo is None or v >= lo) and (hi is None or v <= hi) and np.isfinite(v)
+
+
+def check_positivity(p, generators) -> list[tuple[str, str]]:
+    """Problems of the ``positivity:`` section (Stage 6, ``6-positivity``), each ``(key path, what was
+    expected)``; ``generators``: the study's Stage 2 generator names.
+
+    Keys: ``overlap`` (a non-empty list of numbers >= 0: the hybrid's overlap knob of each weak-overlap design),
+    ``n_schools`` (an integer >= 4 or a list of them), ``reps`` (an integer >= 2; default ``simulation.reps``),
+    ``augmentation`` (``{c: number in (0, 0.5), k: integer >= 1}``), ``average`` (a non-empty list of
+    ``real`` / ``augmented``), ``pool`` (a Stage 2 generator; default: one other than Stage 4's covariate
+    source) and ``pool_ratio`` (pool schools drawn per analysis school, an integer >= ``k``; default 4)."""
+    if not isinstance(p, dict):
+        return [("positivity", "required by stage 6-positivity: a mapping with keys " + ", ".join(POSITIVITY_KEYS))]
+    out = C.unknown_keys("positivity", p, POSITIVITY_KEYS)
+    ov = p.get("overlap")
+    if not isinstance(ov, list) or not ov or not all(_num_ok(v, 0) for v in ov):
+        out.append(("positivity.overlap", f"expected a non-empty list of numbers >= 0 (the hybrid's overlap knob; "
+                                          f"> 1 weakens overlap), got {ov!r}"))
+    n = p.get("n_schools")
+    ns = n if isinstance(n, list) else [n]
+    if not ns or not all(_num_ok(v, 4, integer=True) for v in ns):
+        out.append(("positivity.n_schools", f"expected an integer >= 4 or a non-empty list of them, got {n!r}"))
+    if "reps" in p and not _num_ok(p["reps"], 2, integer=True):
+        out.append(("positivity.reps", f"expected an integer >= 2, got {p['reps']!r}"))
+    aug = p.get("augmentation", {})
+    k = 2
+    if not isinstance(aug, dict):
+        out.append(("positivity.augmentation", f"expected a mapping {{c: ..., k: ...}}, got {aug!r}"))
+    else:
+        out += C.unknown_keys("positivity.augmentation", aug, ("c", "k"))
+        c = aug.get("c", 0.1)
+        if not _num_ok(c) or not 0 < c < 0.5:
+            out.append(("positivity.augmentation.c", f"expected a number in (0, 0.5) (schools with propensity "
+                                                     f"outside [c, 1 - c] are augmented), got {c!r}"))
+        k = aug.get("k", 2)
+        if not _num_ok(k, 1, integer=True):
+            out.append(("positivity.augmentation.k", f"expected an integer >= 1 (synthetic partners per extreme "
+                                                     f"school), got {k!r}"))
+            k = 1
+    av = p.get("average", list(AVERAGES))
+    if not isinstance(av, list) or not av or any(a not in AVERAGES for a in av) or len(set(av)) != len(av):
+        out.append(("positivity.average", f"expected a non-empty list of distinct {list(AVERAGES)}, got {av!r}"))
+    if "pool" in p and p["pool"] not in list(generators or []):
+        out.append(("positivity.pool", f"expected one of the Stage 2 generators {list(generators or [])}, "
+                                       f"got {p['pool']!r}"))
+    r = p.get("pool_ratio", 4)
+    if not _num_ok(r, max(int(k), 1), integer=True):
+        out.append(("positivity.pool_ratio", f"expected an integer >= k = {k} (pool schools per analysis school), "
+                                             f"got {r!r}"))
+    return out
+
+
+def positivity_settings(study) -> dict:
+    """The ``positivity:`` section with its defaults, checked first (one :class:`~mlsimkit.errors.ParamsError`
+    naming every bad key)."""
+    from ..errors import ParamsError
+
+    p = study.get("positivity")
+    problems = check_positivity(p, list(study["generators"]))
+    if problems:
+        raise ParamsError(f"file '{study.file}': " + "; ".join(f"key '{k}': {m}" for k, m in problems))
+    aug = p.get("augmentation") or {}
+    n = p["n_schools"]
+    return {"overlap": [float(v) for v in p["overlap"]], "n_schools": [int(v) for v in (n if isinstance(n, list)
+                                                                                        else [n])],
+            "reps": int(p.get("reps") or study["simulation"]["reps"]), "c": float(aug.get("c", 0.1)),
+            "k": int(aug.get("k", 2)), "average": list(p.get("average", list(AVERAGES))), "pool": p.get("pool"),
+            "pool_ratio": int(p.get("pool_ratio", 4))}
+
+
+def positivity_pool(study, covariate_source: str) -> tuple[str, str]:
+    """``(pool generator, why)``: ``positivity.pool``, or the first Stage 2 generator other than Stage 4's
+    covariate source ``covariate_source`` (the same one, said so, when the study trains only one)."""
+    p = positivity_settings(study)
+    if p["pool"]:
+        return p["pool"], "positivity.pool"
+    others = [g for g in study["generators"] if g != covariate_source]
+    if others:
+        return others[0], f"the first Stage 2 generator other than Stage 4's covariate source ({covariate_source})"
+    return covariate_source, ("Stage 4's own covariate source: the study trains no other generator, so the pool "
+                              "is drawn from the analysis data's own distribution")
+
+
+class PositivityData:
+    """One Stage 6 replication: the analysis ``data`` (hybrid, at the condition's overlap), the ``pool`` of
+    synthetic schools (one row per student, covariates only), the ``seed`` of the cross-fitting folds and of
+    the synthetic outcomes (drawn from the replication's data stream, so every backend gives the same rows),
+    ``true_share_beyond`` (the design's true propensities beyond the bounds, share of schools) and ``cache``:
+    each arm's estimates, computed once per replication and shared by the arm's methods (the engine calls
+    every method of a replication on this object, in one process)."""
+
+    def __init__(self, data, pool: pd.DataFrame, seed: int, true_share_beyond: float):
+        self.data, self.pool, self.seed = data, pool, int(seed)
+        self.true_share_beyond = float(true_share_beyond)
+        self.cache: dict = {}
+
+
+def positivity_generate(condition, rng, *, hybrid, generator_path: str, pool_path: str, pool_ratio: int,
+                        bounds=(0.01, 0.99)) -> PositivityData:
+    """``n_schools`` schools with covariates from the saved generator, treatment and outcome from ``hybrid``
+    at the condition's ``overlap`` (the fitted hybrid's knob changed for this draw, nothing refitted), and a
+    pool of ``pool_ratio * n_schools`` schools from the pool generator (``pool_path``)."""
+    from ..demonstrations import _n_schools, _resolve_generator, condition_value
+
+    n = _n_schools(condition)
+    ov = float(condition_value(condition, "overlap", hybrid.overlap))
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    w = _resolve_generator(None, generator_path).sample(n, seed=rng)
+    data, _ = hybrid.draw(w, rng, overlap=ov)
+    g = hybrid.propensity(data, overlap=ov)
+    pool = _resolve_generator(None, pool_path).sample(pool_ratio * n, seed=rng).join_as_one()
+    pool = pool.drop(columns=[hybrid.treatment, hybrid.outcome], errors="ignore")
+    beyond = float(np.mean((g < bounds[0]) | (g > bounds[1])))
+    return PositivityData(data, pool, int(rng.integers(2**62)), beyond)
+
+
+def _arm(d: PositivityData, arm: str, *, spec, estimators, settings: dict, c: float, k: int) -> pd.DataFrame:
+    """The estimates of one arm (``plain`` or an ``average`` mode) on ``d``, cached on ``d``; a failure is
+    cached too and raised again for each method of the arm."""
+    if arm in d.cache:
+        hit = d.cache[arm]
+        if isinstance(hit, Exception):
+            raise hit
+        return hit
+    try:
+        d.cache[arm] = _compute_arm(d, arm, spec=spec, estimators=estimators, settings=settings, c=c, k=k)
+    except Exception as exc:  # noqa: BLE001 - recorded by the engine as each method's error row
+        d.cache[arm] = exc
+        raise
+    return d.cache[arm]
+
+
+def _compute_arm(d, arm, *, spec, estimators, settings, c, k):
+    from ..causal import estimate_ate
+    from ..causal.augmentation import FLAG, targeted_augmentation
+    from ..causal.estimators import _estimate_ate, overlap_table, prepare as prepare_arrays
+    from ..lmm._model import single_thread_blas
+
+    frame = d.data.join_as_one()
+    if arm == "plain":
+        t = estimate_ate(frame, spec, estimators=tuple(estimators), versions=("multilevel",), seed=d.seed,
+                         check_overlap=False, **settings)
+        ot = overlap_table(prepare_arrays(frame, spec, check_overlap=False), bounds=settings["bounds"],
+                           ridge=settings["ridge"]).set_index("arm")
+        n = ot["n_students"]
+        t["share_beyond"] = float((ot["share_trimmed"] * n).sum() / n.sum())
+        t["ess_share_treated"] = float(ot.loc["treated", "ess_share"])
+        t["ess_share_control"] = float(ot.loc["control", "ess_share"])
+        return t
+    if "aug" not in d.cache:
+        d.cache["aug"] = targeted_augmentation(frame, spec, d.pool, c=c, k=k, ridge=settings["ridge"],
+                                               seed=np.random.SeedSequence(d.seed, spawn_key=(1,)))
+    aug = d.cache["aug"]
+    full = aug.frame
+    prep = prepare_arrays(full.drop(columns=FLAG), spec, check_overlap=False)
+    real = ~full[FLAG].to_numpy(bool)
+    with single_thread_blas():
+        t = _estimate_ate(prep, estimators=tuple(estimators), versions=("multilevel",), seed=d.seed,
+                          evaluate=real if arm == "real" else None, **settings)
+    for key in ("n_extreme", "schools_augmented", "synthetic_schools", "max_abs_smd"):
+        t[key] = aug.report[key]
+    return t
+
+
+def analyse_positivity(condition, data: PositivityData, rng=None, *, spec, estimator: str, arm: str,
+                       settings: dict, estimators: tuple, c: float, k: int) -> list[dict]:
+    """One estimator's row (multilevel version; ``DiM`` unadjusted) in one arm: ``plain`` (no augmentation) or
+    an ``average`` mode of targeted augmentation (:mod:`mlsimkit.causal.augmentation`). The arm's estimators
+    all run once per replication (:func:`_arm`) with the folds seeded by ``data.seed``, the same folds in every
+    arm, so that the arms' differences are paired; the engine's per-method ``rng`` is not used."""
+    t = _arm(data, arm, spec=spec, estimators=estimators, settings=settings, c=c, k=k)
+    r = t[t["estimator"] == estimator].iloc[0]
+    row = {"parameter": "ATE", "estimate": r["estimate"], "se": r["se"], "ci_lower": r["ci_low"],
+           "ci_upper": r["ci_high"], "share_trimmed": r["share_trimmed"], "arm": arm,
+           "estimator": estimator, "true_share_beyond": data.true_share_beyond}
+    for key in POSITIVITY_DIAGNOSTICS[1:]:
+        row[key] = float(r[key]) if key in t and pd.notna(r[key]) else np.nan
+    return [row]
+
+
+def positivity_method_name(estimator: str, arm: str) -> str:
+    """``"IPW (multilevel)"`` (plain), ``"IPW (multilevel, augmented, real average)"``, ``"DiM (unadjusted)"``."""
+    if estimator == "DiM":
+        return "DiM (unadjusted)"
+    return f"{estimator} (multilevel)" if arm == "plain" else f"{estimator} (multilevel, augmented, {arm} average)"
+
+
+def positivity_methods(m: dict, cluster: str, averages, *, c: float, k: int) -> dict:
+    """``{method name: analyse}``: the study's estimators (multilevel; DiM once) without augmentation, then
+    those with a nuisance model (:data:`AUGMENTED_ESTIMATORS`) in each ``average`` mode."""
+    from ..causal.estimators import ESTIMATORS
+
+    cs = _causal_spec(m, cluster)
+    settings = engine_settings(m)
+    ests = list(m.get("estimators", ESTIMATORS))
+    out = {}
+    for arm in ("plain", *averages):
+        arm_ests = tuple(ests if arm == "plain" else [e for e in ests if e in AUGMENTED_ESTIMATORS])
+        for est in arm_ests:
+            out[positivity_method_name(est, arm)] = functools.partial(
+                analyse_positivity, spec=cs, estimator=est, arm=arm, settings=settings, estimators=arm_ests, c=c,
+                k=k)
+    return out
+
+
+def positivity_source(study, data, generator_path, pool_path) -> tuple:
+    """``(design, generate, methods, truth)`` of Stage 6's positivity simulation (:func:`mlsimkit.workflow.
+    positivity`): design factors ``n_schools`` x ``overlap``, covariates from ``generator_path`` (Stage 4's
+    source), the pool from ``pool_path``; the truth is the hybrid's treatment coefficient (it does not depend
+    on the overlap)."""
+    p = positivity_settings(study)
+    m = spec(study)
+    h = prepare(study, data)["hybrid"]
+    bounds = tuple(float(b) for b in m.get("bounds", (0.01, 0.99)))
+    generate = functools.partial(positivity_generate, hybrid=h, generator_path=str(generator_path),
+                                 pool_path=str(pool_path), pool_ratio=p["pool_ratio"], bounds=bounds)
+    methods_ = positivity_methods(m, data.cluster_key, p["average"], c=p["c"], k=p["k"])
+    truth = pd.DataFrame({"parameter": ["ATE"], "truth": [float(h.beta_[1])]})
+    design = {"n_schools": p["n_schools"], "overlap": p["overlap"]}
+    return design, generate, methods_, truth
+
+
+#: The measures of Stage 6's positivity summary (besides the paired ``mse_change``).
+POSITIVITY_MEASURES = ("bias", "mse", "rmse", "coverage", "fail_rate")
+ARM_LABELS = {"plain": "none"}
+
+
+def _method_arms(results: pd.DataFrame) -> pd.DataFrame:
+    """method -> estimator, arm (from the rows' own columns; a method whose every row failed is parsed from
+    its name)."""
+    out = {}
+    for meth in pd.unique(results["method"]):
+        d = results[(results["method"] == meth) & results["arm"].notna()] if "arm" in results else results[:0]
+        if len(d):
+            out[meth] = (d["estimator"].iloc[0], d["arm"].iloc[0])
+        else:
+            est = meth.split(" (")[0]
+            arm = next((a for a in AVERAGES if f"{a} average" in meth), "plain")
+            out[meth] = (est, arm)
+    return pd.DataFrame([{"method": k, "estimator": e, "arm": a} for k, (e, a) in out.items()])
+
+
+def positivity_summary(study, results: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Stage 6's measures (:data:`POSITIVITY_MEASURES`, with MCSE, :func:`mlsimkit.performance.summarise`) per
+    design (``n_schools``, ``overlap``) and method, with the method's ``estimator`` and ``arm`` (``plain`` or an
+    ``average`` mode), and ``mse_change`` rows: each augmented method's paired change in squared error against
+    the same estimator without augmentation on the same data sets (mean, MCSE of the per-replication
+    differences; a replication counts where both fits are usable)."""
+    from ..performance import paired_difference, per_replication, summarise
+
+    usable = ("ok", "warning", "singular")
+    t = truth.rename(columns={"truth": "true_value"})[["parameter", "true_value"]]
+    by = ["n_schools", "overlap"]
+    summ = summarise(results, t, by=by, measures=POSITIVITY_MEASURES, usable=usable)
+    per = per_replication(results, t, by=by, measure="sq_error", usable=usable)
+    arms = _method_arms(results)
+    rows = []
+    plain = {r.estimator: r.method for r in arms[arms["arm"] == "plain"].itertuples()}
+    for r in arms[arms["arm"] != "plain"].itertuples():
+        if r.estimator not in plain:
+            continue
+        for key, g in per.groupby(by, sort=False):
+            w = g.pivot_table(index="rep", columns="method", values="value", aggfunc="first")
+            if r.method not in w or plain[r.estimator] not in w:
+                continue
+            est, se, n = paired_difference(w[r.method], w[plain[r.estimator]])
+            rows.append({**dict(zip(by, key)), "method": r.method, "parameter": "ATE", "measure": "mse_change",
+                         "value": est, "mcse": se, "n_used": n})
+    summ = pd.concat([summ, pd.DataFrame(rows)], ignore_index=True)
+    return summ.merge(arms, on="method", how="left")
+
+
+def positivity_diagnostics(results: pd.DataFrame) -> pd.DataFrame:
+    """Per design and arm, the mean over replications (MCSE) of each per-replication diagnostic of
+    :data:`POSITIVITY_DIAGNOSTICS`: the overlap of the data without augmentation (true propensities beyond
+    the bounds, share of schools; estimated ones, share of students; Kish ESS share per arm) and the
+    augmentation's covariate shift (max |SMD|) and size (extreme schools, schools augmented, synthetic
+    schools). Long: ``n_schools, overlap, arm, diagnostic, value, mcse, n``."""
+    one = results.drop_duplicates(["n_schools", "overlap", "rep", "arm"]) if "arm" in results else results[:0]
+    rows = []
+    for (n, ov, arm), g in one.groupby(["n_schools", "overlap", "arm"], sort=False):
+        for diag in POSITIVITY_DIAGNOSTICS:
+            v = pd.to_numeric(g[diag], errors="coerce").dropna() if diag in g else pd.Series(dtype=float)
+            if v.empty:
+                continue
+            rows.append({"n_schools": n, "overlap": ov, "arm": arm, "diagnostic": diag, "value": float(v.mean()),
+                         "mcse": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan, "n": len(v)})
+    return pd.DataFrame(rows, columns=["n_schools", "overlap", "arm", "diagnostic", "value", "mcse", "n"])
+
+
+def _arm_label(arm: str) -> str:
+    return "none" if arm == "plain" else f"augmented, {arm} average"
+
+
+def positivity_tables(study, summary: pd.DataFrame, diagnostics: pd.DataFrame) -> dict:
+    """Stage 6's tables: per design (``overlap``, ``n_schools``), each estimator's bias, RMSE, coverage (MCSE)
+    without and with augmentation and the paired change in MSE; then the overlap and covariate-shift
+    diagnostics per design and arm."""
+    out = {}
+    d = summary[summary["measure"].isin(["bias", "rmse", "coverage", "mse_change"])].copy()
+    d["cell"] = value_mcse(d, 3)
+    d["augmentation"] = d["arm"].map(_arm_label)
+    for (ov, n), g in d.groupby(["overlap", "n_schools"], sort=True):
+        t = g.pivot_table(index=["estimator", "augmentation"], columns="measure", values="cell", aggfunc="first",
+                          sort=False)
+        t = t.reindex(columns=[c for c in ("bias", "rmse", "coverage", "mse_change") if c in t.columns])
+        out[f"overlap {ov:g}, {n} schools: bias, RMSE, coverage (MCSE) and the paired change in MSE"] = \
+            t.rename(columns={"rmse": "RMSE", "mse_change": "MSE change vs none"}).fillna("")
+    names = {"true_share_beyond": "true propensity beyond the bounds (share of schools)",
+             "share_beyond": "estimated propensity beyond the bounds (share of students)",
+             "ess_share_treated": "Kish ESS / students, treated", "ess_share_control": "Kish ESS / students, control",
+             "n_extreme": "extreme schools (estimated propensity outside [c, 1 - c])",
+             "schools_augmented": "schools augmented", "synthetic_schools": "synthetic schools added",
+             "max_abs_smd": "covariate shift: max |SMD|, augmented vs real schools"}
+    if len(diagnostics):
+        dg = diagnostics.copy()
+        dg = dg[(dg["arm"] == "plain") | ~dg["diagnostic"].isin(["true_share_beyond"])]
+        dg["cell"] = [f"{v:.3f} ({m:.3f})" if np.isfinite(m) else f"{v:.3f}" for v, m in zip(dg["value"], dg["mcse"])]
+        dg["design"] = [f"overlap {o:g}, {n} schools" for o, n in zip(dg["overlap"], dg["n_schools"])]
+        dg = dg[(dg["arm"] == "plain") | dg["diagnostic"].isin(["n_extreme", "schools_augmented",
+                                                                "synthetic_schools", "max_abs_smd"])]
+        dg = dg.drop_duplicates(["design", "diagnostic"])  # the augmentation is the same in every average mode
+        dg["diagnostic"] = dg["diagnostic"].map(names)
+        out["Overlap and covariate shift per design: mean over replications (MCSE)"] = dg.pivot_table(
+            index="diagnostic", columns="design", values="cell", aggfunc="first", sort=False)
+    return out
+
+
+def positivity_figure(study, summary: pd.DataFrame):
+    """RMSE of each estimator without and with augmentation (each ``average`` mode), MCSE bars, one panel per
+    design. Returns a closed :class:`matplotlib.figure.Figure` (shown where the notebook displays it)."""
+    import matplotlib.pyplot as plt
+
+    d = summary[summary["measure"] == "rmse"]
+    designs = sorted({(o, n) for o, n in zip(d["overlap"], d["n_schools"])})
+    fig, axes = plt.subplots(1, max(len(designs), 1), figsize=(4.6 * max(len(designs), 1) + 2.4, 3.8),
+                             squeeze=False, sharey=True)
+    arms = list(dict.fromkeys(d["arm"]))
+    ests = list(dict.fromkeys(d["estimator"]))
+    width = 0.8 / max(len(arms), 1)
+    for ax, (ov, n) in zip(axes[0], designs):
+        g = d[(d["overlap"] == ov) & (d["n_schools"] == n)]
+        for i, arm in enumerate(arms):
+            a = g[g["arm"] == arm].set_index("estimator").reindex(ests)
+            x = np.arange(len(ests)) + (i - (len(arms) - 1) / 2) * width
+            ax.bar(x, a["value"], width, yerr=a["mcse"], capsize=2, label=_arm_label(arm))
+        ax.set_xticks(np.arange(len(ests)), ests)
+        ax.set_title(f"overlap {ov:g}, {n} schools")
+        ax.set_xlabel("estimator (multilevel)")
+    axes[0][0].set_ylabel("RMSE of the ATE")
+    axes[0][-1].legend(title="augmentation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def positivity_findings(study, summary: pd.DataFrame, diagnostics: pd.DataFrame) -> str:
+    """Markdown bullets computed from this build: per design, each estimator's MSE without augmentation and
+    its paired change in each mode (MCSE, z), and the covariate shift."""
+    lines = []
+    ch = summary[summary["measure"] == "mse_change"]
+    mse = summary[(summary["measure"] == "mse") & (summary["arm"] == "plain")]
+    for (ov, n), g in ch.groupby(["overlap", "n_schools"], sort=True):
+        parts = []
+        for r in g.itertuples():
+            base = mse[(mse["overlap"] == ov) & (mse["n_schools"] == n) & (mse["estimator"] == r.estimator)]
+            b = f"{base['value'].iloc[0]:.3g} " if len(base) else ""
+            z = r.value / r.mcse if r.mcse > 0 else np.nan
+            word = ("falls" if r.value < 0 else "rises") if np.isfinite(z) and abs(z) >= 2 else "no change beyond 2 MCSE"
+            parts.append(f"{r.estimator}, {r.arm} average: MSE {b}{r.value:+.3g} ({r.mcse:.2g}, z {z:+.1f}; {word})")
+        shift = diagnostics[(diagnostics["overlap"] == ov) & (diagnostics["n_schools"] == n)
+                            & (diagnostics["diagnostic"] == "max_abs_smd")]
+        aug = diagnostics[(diagnostics["overlap"] == ov) & (diagnostics["n_schools"] == n)
+                          & (diagnostics["diagnostic"] == "schools_augmented")]
+        extra = ""
+        if len(shift) and len(aug):
+            extra = (f" Augmentation added partners to {aug['value'].iloc[0]:.1f} of {n} schools on average, with a "
+                     f"covariate shift (max |SMD|) of {shift['value'].iloc[0]:.3f} ({shift['mcse'].iloc[0]:.3f}).")
+        cov = summary[(summary["measure"] == "coverage") & (summary["overlap"] == ov) & (summary["n_schools"] == n)
+                      & (summary["estimator"] != "DiM")]
+        spans = [f"{_arm_label(a)} {c['value'].min():.2f}-{c['value'].max():.2f}"
+                 for a, c in cov.groupby("arm", sort=False) if len(c)]
+        if spans:
+            extra += (f" Coverage of the {1 - float(spec(study).get('alpha', 0.05)):.0%} intervals (OR, IPW, AIPW, "
+                      "TMLE): " + "; ".join(spans) + " (the augmented SEs treat the synthetic units as fixed).")
+        lines.append(f"- **overlap {ov:g}, {n} schools** (MSE without augmentation, then its paired change): "
+                     + "; ".join(parts) + "." + extra)
+    return "\n".join(lines) or "No augmented method has usable replications in this build."
