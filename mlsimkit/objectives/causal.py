@@ -912,8 +912,8 @@ def positivity_methods(m: dict, cluster: str, averages, *, c: float, k: int) -> 
 def positivity_source(study, data, generator_path, pool_path) -> tuple:
     """``(design, generate, methods, truth)`` of Stage 6's positivity simulation (:func:`mlsimkit.workflow.
     positivity`): design factors ``n_schools`` x ``overlap``, covariates from ``generator_path`` (Stage 4's
-    source), the pool from ``pool_path``; the truth is the hybrid's treatment coefficient (it does not depend
-    on the overlap)."""
+    source), the pool from ``pool_path``; the truth is Stage 4's (:func:`true_ate`; it does not depend on the
+    overlap, which moves who is treated, not the effect)."""
     p = positivity_settings(study)
     m = spec(study)
     h = prepare(study, data)["hybrid"]
@@ -921,7 +921,8 @@ def positivity_source(study, data, generator_path, pool_path) -> tuple:
     generate = functools.partial(positivity_generate, hybrid=h, generator_path=str(generator_path),
                                  pool_path=str(pool_path), pool_ratio=p["pool_ratio"], bounds=bounds)
     methods_ = positivity_methods(m, data.cluster_key, p["average"], c=p["c"], k=p["k"])
-    truth = pd.DataFrame({"parameter": ["ATE"], "truth": [float(h.beta_[1])]})
+    ate, _ = true_ate(h, generator_path, int(m.get("truth_schools", TRUTH_SCHOOLS)), int(study["seed"]))
+    truth = pd.DataFrame({"parameter": ["ATE"], "truth": [ate]})
     design = {"n_schools": p["n_schools"], "overlap": p["overlap"]}
     return design, generate, methods_, truth
 
