@@ -142,6 +142,9 @@ def test_pickle_member_in_an_unsigned_file_is_refused_and_runs_nothing(boot, tmp
                       meta_edit=lambda m: (point(m), m.update(signature="0" * 64)))
     with pytest.raises(MlsimkitError, match="pickled object"):
         load(forged)
+    odd = _rewrite(src, tmp_path / "odd.zip", members_edit=add, meta_edit=lambda m: (point(m), m.update(signature="\u00e9")))
+    with pytest.raises(MlsimkitError, match="pickled object"):  # not a TypeError of compare_digest
+        load(odd)
     assert not target.exists()
     load(evil, trust=True)
     assert target.exists()
@@ -281,6 +284,10 @@ def test_modified_content_is_detected(boot, tmp_path):
         load(bad)
     # a key after the hash and signature (which would override one before them when parsed) is refused
     write(raw[:-1] + b',"requires_trust":true}', members)
+    with pytest.raises(FormatVersionError, match=r"tampered\.zip'.*content hash mismatch in its metadata"):
+        load(bad)
+    # a recorded hash that is no hex string (non-ASCII): the same error, not a TypeError
+    write(raw[:raw.index(b',"content_sha256":')] + mf._trailer("\u00e9" * 64, None).encode(), members)
     with pytest.raises(FormatVersionError, match=r"tampered\.zip'.*content hash mismatch in its metadata"):
         load(bad)
     write(raw, members)  # the control: the original bytes load

@@ -667,7 +667,7 @@ def _content_hash(raw: bytes, meta: dict) -> str | None:
     if not raw.endswith(trailer) or len(raw) <= len(trailer):
         return None
     digest = hashlib.sha256(raw[:-len(trailer)] + b"}").hexdigest()
-    return digest if hmac.compare_digest(digest, content) else None
+    return digest if digest == content else None  # (a public value: no constant-time comparison needed)
 
 
 # ============================================================================ write / read
@@ -865,7 +865,9 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
     if pickled and not trust:
         sig = meta.get("signature")
         key = _key(create=False)
-        if not (isinstance(sig, str) and key is not None and hmac.compare_digest(sig, _sign(content, key))):
+        # (bytes: compare_digest refuses str with non-ASCII characters, which a forged file may hold)
+        if not (isinstance(sig, str) and key is not None
+                and hmac.compare_digest(sig.encode(), _sign(content, key).encode())):
             raise MlsimkitError(
                 f"file '{path}': this {cls} holds a pickled object (the ctgan package's model), and "
                 "unpickling a file runs code with your rights; it was not written by this user's mlsimkit "
