@@ -435,8 +435,8 @@ class _Decoder:
         if not isinstance(self.schema, Schema):
             if not isinstance(self.schema, dict):
                 raise self.bad("a schema reference, and no schema in its metadata")
-            try:
-                self.schema = Schema.from_dict(self.schema)
+            try:  # built with the first reference's source (no copy for it)
+                self.schema = Schema.from_dict(self.schema, source=source)
             except MlsimkitError as exc:
                 raise self.bad(f"unreadable schema: {exc}") from None
         out = self.schema if self.schema.source == source else dataclasses.replace(self.schema, source=source)
