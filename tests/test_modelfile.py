@@ -142,7 +142,8 @@ def test_pickle_member_in_an_unsigned_file_is_refused_and_runs_nothing(boot, tmp
                       meta_edit=lambda m: (point(m), m.update(signature="0" * 64)))
     with pytest.raises(MlsimkitError, match="pickled object"):
         load(forged)
-    odd = _rewrite(src, tmp_path / "odd.zip", members_edit=add, meta_edit=lambda m: (point(m), m.update(signature="\u00e9")))
+    odd = _rewrite(src, tmp_path / "odd.zip", members_edit=add,
+                   meta_edit=lambda m: (point(m), m.update(signature="\u00e9")))
     with pytest.raises(MlsimkitError, match="pickled object"):  # not a TypeError of compare_digest
         load(odd)
     assert not target.exists()
