@@ -36,8 +36,9 @@ that cannot be shipped; it is repeated in the error raised when a file is missin
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -273,10 +274,13 @@ class Schema:
         return replace(self, tables=new)
 
     def to_dict(self) -> dict:
-        """The YAML-able mapping this schema was built from (round-trips through :meth:`from_dict`)."""
+        """The YAML-able mapping this schema was built from: :meth:`from_dict` gives back an equal schema
+        (every field but ``source``, the file it was read from)."""
         out: dict[str, Any] = {"name": self.name, "missing": self.missing, "extra_columns": self.extra_columns}
         if self.join_as_one:
             out["join_as_one"] = self.join_as_one
+        if self.description:
+            out["description"] = self.description
         if self.obtain:
             out["obtain"] = self.obtain
         tables = {}
@@ -286,6 +290,8 @@ class Schema:
                 td["file"] = t.file
             if t.parent:
                 td["parent"], td["foreign_key"] = t.parent, t.foreign_key
+            if t.description:
+                td["description"] = t.description
             cols = {}
             for c in t.columns.values():
                 cd: dict[str, Any] = {"kind": c.kind}

@@ -1,4 +1,4 @@
-"""The saved-generator format (version 4): JSON metadata + numpy arrays; loading runs no code from the file."""
+"""The saved-generator format (version 5): JSON metadata + numpy arrays; loading runs no code from the file."""
 
 import hashlib
 import json
@@ -43,8 +43,16 @@ class Exploit:
         return (open, (self.target, "w"))
 
 
+def _reseal(meta):
+    """The text of metadata.json for ``meta`` with its content hash recomputed (its signature kept)."""
+    core = json.dumps({k: v for k, v in meta.items() if k not in ("content_sha256", "signature")},
+                      separators=(",", ":"))
+    return core[:-1] + mf._trailer(hashlib.sha256(core.encode()).hexdigest(), meta.get("signature"))
+
+
 def _rewrite(path, out, *, meta_edit=None, members_edit=None):
-    """Copy a saved file with edited metadata / members, its hashes recomputed as a forger would."""
+    """Copy a saved file with edited metadata (its state included) / members, its hashes recomputed as a
+    forger would."""
     with zipfile.ZipFile(path) as zf:
         meta = json.loads(zf.read("metadata.json"))
         members = {n: zf.read(n) for n in zf.namelist() if n != "metadata.json"}
@@ -53,9 +61,8 @@ def _rewrite(path, out, *, meta_edit=None, members_edit=None):
     meta["entries"] = {n: hashlib.sha256(b).hexdigest() for n, b in members.items()}
     if meta_edit:
         meta_edit(meta)
-    meta["content_sha256"] = hashlib.sha256(mf._canonical(meta).encode()).hexdigest()
     with zipfile.ZipFile(out, "w") as zf:
-        zf.writestr("metadata.json", json.dumps(meta))
+        zf.writestr("metadata.json", _reseal(meta))
         for n, b in members.items():
             zf.writestr(n, b)
     return out
@@ -66,14 +73,20 @@ def test_file_is_metadata_and_arrays_only(boot, tmp_path):
     path = boot.save(tmp_path / "boot.zip")
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-        meta = json.loads(zf.read("metadata.json"))
-        state = zf.read("state.json").decode()
-    assert names == ["metadata.json", "state.json", "arrays.bin"]
-    assert '"__array__":[' in state and "pickle" not in state  # arrays are [offset, dtype, shape] records
-    assert meta["magic"] == "mlsimkit-generator" and meta["format_version"] == FORMAT_VERSION == 4
+        raw = zf.read("metadata.json")
+    meta = json.loads(raw)
+    state = json.dumps(meta["state"])
+    assert names == ["metadata.json", "arrays.bin"]
+    assert '"__array__": [' in state and "pickle" not in state  # arrays are [offset, dtype, shape] records
+    assert meta["magic"] == "mlsimkit-generator" and meta["format_version"] == FORMAT_VERSION == 5
     assert meta["class"] == "SchoolBootstrap" and meta["settings"] == {"replace": True}
     assert meta["schema"] == small_schema_dict(boot) and meta["requires_trust"] is False
-    assert meta["content_sha256"] == hashlib.sha256(mf._canonical(meta).encode()).hexdigest()
+    # the schema is stored once: the state refers to the metadata's
+    assert meta["state"]["state"]["schema_"] == {"__schema__": boot.schema_.source} and "schema:Column" not in state
+    # the content hash is of the bytes before the last two keys, closed with "}"
+    head, tail = raw.split(b',"content_sha256":')
+    assert meta["content_sha256"] == hashlib.sha256(head + b"}").hexdigest() and list(meta)[-2:] == [
+        "content_sha256", "signature"]
     assert isinstance(meta["signature"], str) and len(meta["signature"]) == 64
 
 
@@ -115,19 +128,24 @@ def test_pickle_member_in_an_unsigned_file_is_refused_and_runs_nothing(boot, tmp
 
     def add(members):
         members["pickle/00099.pkl"] = pickle.dumps(Exploit(target))
-        state = json.loads(members["state.json"])
-        state["state"]["__dict__"].append(["payload", {"__pickle__": "pickle/00099.pkl"}])
-        members["state.json"] = json.dumps(state).encode()
+
+    def point(meta):
+        meta["state"]["state"]["payload"] = {"__pickle__": "pickle/00099.pkl"}
 
     evil = _rewrite(src, tmp_path / "evil.zip", members_edit=add,
-                    meta_edit=lambda m: m.update(requires_trust=True, signature=None))
+                    meta_edit=lambda m: (point(m), m.update(requires_trust=True, signature=None)))
     with pytest.raises(MlsimkitError, match=r"evil\.zip'.*pickled object.*runs code.*trust=True.*trust_model_files"):
         load(evil)
     assert not target.exists()
     # a forged signature does not help; an explicit opt-in does (the control: the payload then runs)
-    forged = _rewrite(src, tmp_path / "forged.zip", members_edit=add, meta_edit=lambda m: m.update(signature="0" * 64))
+    forged = _rewrite(src, tmp_path / "forged.zip", members_edit=add,
+                      meta_edit=lambda m: (point(m), m.update(signature="0" * 64)))
     with pytest.raises(MlsimkitError, match="pickled object"):
         load(forged)
+    odd = _rewrite(src, tmp_path / "odd.zip", members_edit=add,
+                   meta_edit=lambda m: (point(m), m.update(signature="\u00e9")))
+    with pytest.raises(MlsimkitError, match="pickled object"):  # not a TypeError of compare_digest
+        load(odd)
     assert not target.exists()
     load(evil, trust=True)
     assert target.exists()
@@ -141,11 +159,11 @@ def test_pickle_hidden_in_an_array_member_is_refused_and_runs_nothing(boot, tmp_
 
     def add(members):
         members["arrays/09999.npy"] = pickle.dumps(Exploit(target))
-        state = json.loads(members["state.json"])
-        state["state"]["__dict__"].append(["payload", {"__pickle__": "arrays/09999.npy"}])
-        members["state.json"] = json.dumps(state).encode()
 
-    evil = _rewrite(src, tmp_path / "hidden.zip", members_edit=add)
+    def point(meta):
+        meta["state"]["state"]["payload"] = {"__pickle__": "arrays/09999.npy"}
+
+    evil = _rewrite(src, tmp_path / "hidden.zip", members_edit=add, meta_edit=point)
     for trust in (False, True):
         with pytest.raises(FormatVersionError, match=r"hidden\.zip'.*pickled record .*arrays/09999\.npy"):
             load(evil, trust=trust)
@@ -163,11 +181,13 @@ def test_truncated_file(boot, tmp_path):
 
 def test_other_format_version(boot, tmp_path):
     src = boot.save(tmp_path / "boot.zip")
-    for version in (3, 5):  # an earlier build's file (one .npy member per array) and a later one
+    # earlier builds' files (3: one .npy member per array; 4: the schema twice, a state.json member) and a
+    # later one: the model cache retrains on this error
+    for version in (3, 4, 6):
         old = _rewrite(src, tmp_path / f"v{version}.zip",
                        meta_edit=lambda m: m.update(format_version=version, mlsimkit="9.0"))
         with pytest.raises(FormatVersionError, match=rf"v{version}\.zip'.*format version {version} \(written by "
-                                                     r"mlsimkit 9\.0\).*reads version 4; retrain"):
+                                                     r"mlsimkit 9\.0\).*reads version 5; retrain"):
             load(old)
 
 
@@ -182,8 +202,8 @@ def test_bad_array_record(boot, tmp_path, edit, reason):
     every hash recomputed cannot name an object dtype or read past the end."""
     src = boot.save(tmp_path / "boot.zip")
 
-    def forge(members):
-        state = json.loads(members["state.json"])
+    def forge(meta):
+        state = meta["state"]
 
         def first_array(x):
             if isinstance(x, dict):
@@ -198,9 +218,8 @@ def test_bad_array_record(boot, tmp_path, edit, reason):
             return None
 
         edit(first_array(state))
-        members["state.json"] = json.dumps(state).encode()
 
-    bad = _rewrite(src, tmp_path / "forged.zip", members_edit=forge)
+    bad = _rewrite(src, tmp_path / "forged.zip", meta_edit=forge)
     with pytest.raises(FormatVersionError, match=rf"forged\.zip'.*damaged saved generator \(an array record .*{reason}"):
         load(bad)
 
@@ -208,21 +227,17 @@ def test_bad_array_record(boot, tmp_path, edit, reason):
 def test_class_not_on_the_allow_list(boot, tmp_path):
     src = boot.save(tmp_path / "boot.zip")
 
-    def rename(members):
-        state = json.loads(members["state.json"])
-        state["__generator__"] = "os.system"
-        members["state.json"] = json.dumps(state).encode()
+    def rename(meta):
+        meta["state"]["__generator__"] = meta["class"] = "os.system"
 
-    bad = _rewrite(src, tmp_path / "cls.zip", members_edit=rename, meta_edit=lambda m: m.update({"class": "os.system"}))
+    bad = _rewrite(src, tmp_path / "cls.zip", meta_edit=rename)
     with pytest.raises(FormatVersionError, match=r"cls\.zip'.*class 'os\.system' is not on the allow-list"):
         load(bad)
     # an allow-listed top class with a nested object of another class is refused while decoding
-    def nested(members):
-        state = json.loads(members["state.json"])
-        state["state"]["__dict__"].append(["x", {"__object__": "subprocess:Popen", "state": {"__dict__": []}}])
-        members["state.json"] = json.dumps(state).encode()
+    def nested(meta):
+        meta["state"]["state"]["x"] = {"__object__": "subprocess:Popen", "state": {}}
 
-    bad2 = _rewrite(src, tmp_path / "nested.zip", members_edit=nested)
+    bad2 = _rewrite(src, tmp_path / "nested.zip", meta_edit=nested)
     with pytest.raises(FormatVersionError, match=r"nested\.zip'.*'subprocess:Popen' is not on the allow-list"):
         load(bad2)
 
@@ -245,25 +260,39 @@ def test_schema_mismatch(boot, small, tmp_path):
 def test_modified_content_is_detected(boot, tmp_path):
     path = boot.save(tmp_path / "boot.zip")
     with zipfile.ZipFile(path) as zf:
-        meta = json.loads(zf.read("metadata.json"))
+        raw = zf.read("metadata.json")
         members = {n: zf.read(n) for n in zf.namelist() if n != "metadata.json"}
+    meta = json.loads(raw)
     arr = "arrays.bin"
     members[arr] = members[arr][:-8] + bytes(8)  # same size, other values, old hashes kept
     bad = tmp_path / "tampered.zip"
-    with zipfile.ZipFile(bad, "w") as zf:
-        zf.writestr("metadata.json", json.dumps(meta))
-        for n, b in members.items():
-            zf.writestr(n, b)
+
+    def write(text, members):
+        with zipfile.ZipFile(bad, "w") as zf:
+            zf.writestr("metadata.json", text)
+            for n, b in members.items():
+                zf.writestr(n, b)
+
+    write(raw, members)
     with pytest.raises(FormatVersionError, match=rf"tampered\.zip'.*content hash mismatch in member {arr}"):
         load(bad)
     members = {n: zipfile.ZipFile(path).read(n) for n in members}  # the original members
     meta["settings"] = {"replace": False}  # metadata edited without recomputing the hash
-    with zipfile.ZipFile(bad, "w") as zf:
-        zf.writestr("metadata.json", json.dumps(meta))
-        for n, b in members.items():
-            zf.writestr(n, b)
+    state = meta.pop("state")  # (the same key order as written)
+    write(mf._dumps({**{k: v for k, v in meta.items() if k not in ("content_sha256", "signature")},
+                     "state": state})[:-1] + mf._trailer(meta["content_sha256"], meta["signature"]), members)
     with pytest.raises(FormatVersionError, match=r"tampered\.zip'.*content hash mismatch in its metadata"):
         load(bad)
+    # a key after the hash and signature (which would override one before them when parsed) is refused
+    write(raw[:-1] + b',"requires_trust":true}', members)
+    with pytest.raises(FormatVersionError, match=r"tampered\.zip'.*content hash mismatch in its metadata"):
+        load(bad)
+    # a recorded hash that is no hex string (non-ASCII): the same error, not a TypeError
+    write(raw[:raw.index(b',"content_sha256":')] + mf._trailer("\u00e9" * 64, None).encode(), members)
+    with pytest.raises(FormatVersionError, match=r"tampered\.zip'.*content hash mismatch in its metadata"):
+        load(bad)
+    write(raw, members)  # the control: the original bytes load
+    assert load(bad).sample(5, seed=1).equals(boot.sample(5, seed=1))
 
 
 def test_foreign_and_missing_files(tmp_path):
@@ -312,6 +341,20 @@ def test_codec_round_trips_the_value_types_a_state_holds(tmp_path):
     assert back["strings"].dtype == object and back["strings"].tolist() == [["k1", "k2"], ["k3", "k4"]]
     with pytest.raises(MlsimkitError, match=r"test\['bad'\]: an object of type builtins:function cannot be saved"):
         mf._Encoder().enc({"bad": lambda: 0}, "test")
+
+
+def test_schema_is_stored_once_and_shared(small, tmp_path):
+    """The metadata's schema is a reference in the state (rebuilt equal, with its source, one object per
+    source); another schema is stored in full."""
+    other = ds.load("exam").schema
+    enc = mf._Encoder(small.schema)
+    tree = json.loads(json.dumps(enc.enc({"a": small.schema, "b": small.schema, "c": other}, "t")))
+    assert tree["a"] == {"__schema__": small.schema.source} and tree["c"]["__object__"] == "mlsimkit.schema:Schema"
+    back = mf._Decoder(enc.finish(), tmp_path / "x.zip", schema=small.schema.to_dict()).dec(tree)
+    assert back["a"] == small.schema and back["a"].source == small.schema.source and back["a"] is back["b"]
+    assert back["c"] == other
+    with pytest.raises(FormatVersionError, match=r"x\.zip'.*a schema reference, and no schema in its metadata"):
+        mf._Decoder({}, tmp_path / "x.zip").dec(tree)
 
 
 # ---------------------------------------------------------------------------- the archive layer

@@ -203,6 +203,10 @@ def test_schema_foreign_key_must_match_parent_key():
 def test_schema_round_trips_through_dict():
     schema = Schema.from_dict(SCHEMA)
     assert Schema.from_dict(schema.to_dict()) == schema
+    # descriptions of the schema and of its tables too (a saved generator rebuilds its schema this way)
+    for name in ds.NAMES:
+        shipped = ds.schema(name)
+        assert shipped.description and Schema.from_dict(shipped.to_dict()) == shipped, name
 
 
 def test_shipped_schema_missing_file_is_named(tmp_path):

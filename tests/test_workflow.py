@@ -104,15 +104,24 @@ def test_model_cache_reuses_checked_files_and_retrains_bad_ones(study, tmp_path,
     assert again.sample(6, seed=2).equals(gen.sample(6, seed=2))
     # half-written, modified and earlier-format (pickled) files are retrained, never loaded
     good = cache.read_bytes()
-    with zipfile.ZipFile(cache) as zf:  # a modified state, the recorded hashes left as they were
+    with zipfile.ZipFile(cache) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}
-    members["state.json"] = members["state.json"].replace(b'["replace",true]', b'["replace",false]')
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for n, b in members.items():
-            zf.writestr(n, b)
+
+    def rezip(meta_from, meta_to):
+        """The cached file with metadata.json's text edited (its recorded hashes left as they were)."""
+        assert members["metadata.json"].count(meta_from) == 1
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for n, b in members.items():
+                zf.writestr(n, b.replace(meta_from, meta_to) if n == "metadata.json" else b)
+        return buf.getvalue()
+
     bad_files = {"truncated or damaged": good[: len(good) // 3],
-                 "content hash mismatch in member state.json": buf.getvalue(),
+                 # a modified state
+                 "content hash mismatch in its metadata": rezip(b'"state":{"__generator__":"SchoolBootstrap",'
+                                                                b'"state":{"replace":true', b'"state":{"__generator__":'
+                                                                b'"SchoolBootstrap","state":{"replace":false'),
+                 "format version 4": rezip(b'"format_version":5', b'"format_version":4'),  # the previous format
                  "pickled generator": pickle.dumps({"magic": "mlsimkit-generator", "format_version": 2})}
     for reason, content in bad_files.items():
         cache.write_bytes(content)

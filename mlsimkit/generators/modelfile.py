@@ -3,18 +3,24 @@
 A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) with these members:
 
 ``metadata.json``
-    ``magic`` (``"mlsimkit-generator"``), ``format_version`` (:data:`FORMAT_VERSION`), the ``mlsimkit``
-    version that wrote it, ``class`` (a name on the allow-list :data:`GENERATOR_CLASSES`), the constructor
-    ``settings``, the ``schema`` it was trained on (:meth:`Schema.to_dict`), a ``training`` summary
-    (seconds, final losses, the decoding failures of a generator that counts them), ``entries`` (the
-    SHA-256 of every other member), ``requires_trust``, ``content_sha256`` (the hash of all of the above,
-    i.e. of the whole content) and ``signature`` (see "Trust" below).
-``state.json``
-    The fitted state as a tree of JSON values in which every object is a tagged record: plain containers,
-    numbers and strings, numpy scalars, pandas frames / series / indexes (categorical columns as codes and
-    categories), torch networks (class from the allow-list, constructor arguments and a state dict),
-    and objects of the allow-listed classes :data:`OBJECT_CLASSES` (restored by setting their attributes,
-    never by calling anything named in the file).
+    Compact JSON, in this order: ``magic`` (``"mlsimkit-generator"``), ``format_version``
+    (:data:`FORMAT_VERSION`), the ``mlsimkit`` version that wrote it, ``class`` (a name on the allow-list
+    :data:`GENERATOR_CLASSES`), the constructor ``settings``, the ``schema`` it was trained on
+    (:meth:`Schema.to_dict`), a ``training`` summary (seconds, final losses, the decoding failures of a
+    generator that counts them), ``requires_trust``, ``entries`` (the SHA-256 of every other member),
+    ``state`` (below), ``content_sha256`` (the SHA-256 of the file's text before this key, closed with ``}``:
+    of everything above, byte for byte as written) and ``signature`` (see "Trust" below). Nothing may follow
+    the signature: the text after the hashed part must be exactly these two keys.
+``state`` (in ``metadata.json``)
+    The fitted state as a tree of JSON values: numbers (non-finite floats as JSON's ``NaN`` / ``Infinity``
+    extension), strings, lists, dicts with string keys as JSON objects, and tagged records (an object
+    whose first key starts with ``__``) for the rest: tuples, other dicts, numpy arrays and scalars,
+    pandas frames / series / indexes (categorical columns as codes and categories), torch networks (class
+    from the allow-list, constructor arguments and a state dict), objects of the allow-listed classes
+    :data:`OBJECT_CLASSES` (restored by setting their attributes, never by calling anything named in the
+    file), and ``{"__schema__": <source>}`` for the schema of the metadata (stored once; rebuilt by
+    :meth:`Schema.from_dict`, which validates it). Parsing it runs no code; it is decoded only after every
+    check below. (Format version 4 had it in a member ``state.json`` and the schema a second time in it.)
 ``arrays.bin``
     Every numerical array and tensor (and every array of strings) as raw bytes, one after the other (each
     starting at a multiple of 16 bytes); the state records each one's offset, dtype (a plain numpy dtype
@@ -50,6 +56,7 @@ why and how to opt in. The key never enters a file; anyone with it can sign, so 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -70,20 +77,24 @@ import pandas as pd
 
 from ..errors import FormatVersionError, MlsimkitError
 from ..io import write_bytes
+from ..schema import Schema
 
+#: 5: as 4, the state inside metadata.json (no state.json), the schema stored once (the state refers to
+#: the metadata's), dicts with string keys as JSON objects, the content hash of metadata.json's bytes.
 #: 4: as 3, with all arrays in one raw member ``arrays.bin``.
 #: 3: zip of JSON metadata + numpy arrays (no pickle, except CTGAN's model behind trust).
 #: 2: pickle; the diffusion generator's ``sample_batch`` became ``sample_block``. 1: pickle.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MAGIC = "mlsimkit-generator"
 #: file name suffix of a saved generator (``models/<name>.zip``)
 SUFFIX = ".zip"
 _META = "metadata.json"
-_STATE = "state.json"
 _ARRAYS = "arrays.bin"
 #: dtype kinds an array may have (no objects, no structured records)
 _ARRAY_KINDS = "biufcUSmM"
-_MAX_META_BYTES = 16 * 2**20
+#: the largest metadata.json read (it holds the state: frames' arrays are in arrays.bin, their other
+#: values in the JSON)
+_MAX_META_BYTES = 256 * 2**20
 #: how many evenly spaced items of a string array are looked at to decide whether to factorise it
 _SAMPLE = 256
 
@@ -109,8 +120,11 @@ TORCH_CLASSES = {"mlsimkit.generators._ddpm:Denoiser", "mlsimkit.generators._ddp
 #: modules whose objects may only be pickled (behind trust)
 PICKLED_MODULES = ("ctgan.",)
 _EXT_DTYPES = {"string", "Int64", "Int32", "Float64", "boolean"}
-#: types stored as themselves (the encoder's fast path; floats need the finiteness check)
-_PLAIN = frozenset({type(None), bool, str, int})
+#: types stored as themselves (the encoder's fast path; a non-finite float as JSON's NaN / Infinity
+#: extension, which Python's json writes and reads back exactly)
+_PLAIN = frozenset({type(None), bool, str, int, float})
+#: {str}: the key types of a dict stored as a JSON object
+_STR = frozenset({str})
 #: the classes of :data:`OBJECT_CLASSES` the encoder has met (exact type -> name; skips the other checks)
 _OBJECT_TYPES: dict[type, str] = {}
 #: what :func:`json.loads` returns for a JSON scalar (the decoder's fast path)
@@ -139,13 +153,20 @@ def key_file() -> Path:
     env = os.environ.get("MLSIMKIT_MODEL_KEY")
     if env:
         return Path(env)
-    home = Path.home() / ".config" / "mlsimkit" / "model-key"
-    if home.is_file() or os.access(_existing_parent(home), os.W_OK):
+    home = _home_key(os.path.expanduser("~"))
+    if os.path.isfile(home) or os.access(_existing_parent(home), os.W_OK):
         return home
     import tempfile
 
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     return Path(tempfile.gettempdir()) / f"mlsimkit-{uid}" / "model-key"
+
+
+@functools.lru_cache(maxsize=8)
+def _home_key(home: str) -> Path:
+    """``<home>/.config/mlsimkit/model-key`` (cached: building the path costs more than the stat that
+    checks it, a tenth of a small model's save)."""
+    return Path(home) / ".config" / "mlsimkit" / "model-key"
 
 
 def _existing_parent(path: Path) -> Path:
@@ -200,14 +221,22 @@ def _key(create: bool) -> bytes | None:
 
 
 def _sign(content: str, key: bytes | None) -> str | None:
-    return None if key is None else hmac.new(key, content.encode(), hashlib.sha256).hexdigest()
+    return None if key is None else hmac.digest(key, content.encode(), "sha256").hex()
 
 
 # ============================================================================ encoding
 class _Encoder:
-    """Turns a generator's state into JSON values plus named array and pickle members."""
+    """Turns a generator's state into JSON values plus named array and pickle members.
 
-    def __init__(self):
+    Parameters
+    ----------
+    schema : Schema, optional
+        The schema recorded in the metadata: a :class:`~mlsimkit.schema.Schema` equal to it is stored as a
+        reference ``{"__schema__": <its source>}`` instead of a second copy.
+    """
+
+    def __init__(self, schema=None):
+        self.schema = schema
         self.members: dict[str, bytes] = {}
         self.chunks: list[bytes] = []
         self.size = 0
@@ -284,14 +313,20 @@ class _Encoder:
         if t in _PLAIN:
             return obj
         if t is dict:
+            # a JSON object of its own when its keys are strings and the first is not a tag (the decoder
+            # looks at the first key only); others as a tagged list of pairs
+            if not obj or (_STR.issuperset(map(type, obj)) and next(iter(obj))[:2] != "__"):
+                return {k: v if type(v) in _PLAIN else self.enc(v, (where, k)) for k, v in obj.items()}
             return {"__dict__": [[k if type(k) in _PLAIN else self.enc(k, where),
                                   v if type(v) in _PLAIN else self.enc(v, (where, k))] for k, v in obj.items()]}
         if t is list:
             return [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]
-        if t is float:
-            return obj if math.isfinite(obj) else {"__float__": repr(obj)}
         if t is tuple:
             return {"__tuple__": [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]}
+        if t is np.ndarray:
+            return self.ndarray(obj, where)
+        if t is Schema and self.schema is not None and (obj is self.schema or obj == self.schema):
+            return {"__schema__": obj.source}  # the metadata's schema (compare=False: its source kept here)
         if t in _OBJECT_TYPES:  # an allow-listed class met before (exact type)
             return {"__object__": _OBJECT_TYPES[t], "state": self.enc(_state(obj), where)}
         if isinstance(obj, np.str_):
@@ -370,10 +405,43 @@ def _plain_dtype(spec: str) -> np.dtype | None:
 
 
 class _Decoder:
-    def __init__(self, blobs: dict[str, bytes], path: Path, *, allow_pickle: bool = False):
-        # allow_pickle: set by read() only after the trust / signature check of a file with pickle/ members;
-        # a __pickle__ record is then honoured only for a member under pickle/ (never an array member)
+    """Rebuilds the values :class:`_Encoder` wrote.
+
+    Parameters
+    ----------
+    blobs : dict
+        The archive's members (name -> bytes).
+    path : Path
+        The file, named in every error.
+    allow_pickle : bool
+        Set by :func:`read` only after the trust / signature check of a file with ``pickle/`` members; a
+        ``__pickle__`` record is then honoured only for a member under ``pickle/`` (never an array member).
+    schema : Schema or dict, optional
+        What a ``__schema__`` reference stands for: the metadata's schema, built (and validated by
+        :meth:`Schema.from_dict`) at the first reference when given as its dict.
+    """
+
+    def __init__(self, blobs: dict[str, bytes], path: Path, *, allow_pickle: bool = False, schema=None):
         self.blobs, self.path, self.allow_pickle = blobs, path, allow_pickle
+        self.schema = schema
+        self.schemas: dict = {}  # source -> the schema with that source
+
+    def _schema(self, source) -> Schema:
+        """The metadata's schema with ``source`` (the one object per source, as the saved state shared it)."""
+        if source is not None and type(source) is not str:
+            raise self.bad(f"a schema reference to {source!r}")
+        if source in self.schemas:
+            return self.schemas[source]
+        if not isinstance(self.schema, Schema):
+            if not isinstance(self.schema, dict):
+                raise self.bad("a schema reference, and no schema in its metadata")
+            try:  # built with the first reference's source (no copy for it)
+                self.schema = Schema.from_dict(self.schema, source=source)
+            except MlsimkitError as exc:
+                raise self.bad(f"unreadable schema: {exc}") from None
+        out = self.schema if self.schema.source == source else dataclasses.replace(self.schema, source=source)
+        self.schemas[source] = out
+        return out
 
     def _member(self, member: str) -> bytes:
         if member not in self.blobs:
@@ -424,9 +492,13 @@ class _Decoder:
             return x
         if type(x) is list:
             return [v if type(v) in _JSON_SCALARS else self.dec(v) for v in x]
-        if type(x) is not dict or not x:
+        if type(x) is not dict:
             raise self.bad(f"unexpected value {type(x).__name__}")
+        if not x:
+            return {}
         tag = next(iter(x))
+        if tag[:2] != "__":  # a dict with string keys (the encoder tags every other record)
+            return {k: v if type(v) in _JSON_SCALARS else self.dec(v) for k, v in x.items()}
         if tag == "__dict__":
             return {k if type(k) in _JSON_SCALARS else self.dec(k): v if type(v) in _JSON_SCALARS else self.dec(v)
                     for k, v in x[tag]}
@@ -435,13 +507,13 @@ class _Decoder:
             if x[tag] not in OBJECT_CLASSES:
                 raise self.bad(f"class {x[tag]!r} is not on the allow-list")
             return _restore(_import(x[tag]), self.dec(x["state"]))
+        if tag == "__schema__":
+            return self._schema(x[tag])
         if tag == "__array__":
             a = self._array(x[tag])
             return a.astype(object) if x.get("object") else a
         if tag == "__tuple__":
             return tuple([v if type(v) in _JSON_SCALARS else self.dec(v) for v in x[tag]])
-        if tag == "__float__":
-            return float(x[tag])
         if tag == "__scalar__":
             dt = np.dtype(x[tag])
             if dt.kind not in "biuf":
@@ -522,6 +594,11 @@ def _restore(cls, state: dict):
 # ============================================================================ metadata
 def _plain(obj):
     """A JSON-friendly description of constructor settings (for the reader of ``metadata.json``)."""
+    t = type(obj)
+    if t in _PLAIN:  # the usual settings first (no import, no isinstance chain)
+        return obj if t is not float or math.isfinite(obj) else repr(obj)
+    if t is dict:
+        return {str(k): _plain(v) for k, v in obj.items()}
     from .base import Generator
 
     if isinstance(obj, Generator):
@@ -557,9 +634,40 @@ def _training(gen) -> dict:
     return out
 
 
-def _canonical(meta: dict) -> str:
-    core = {k: v for k, v in meta.items() if k not in ("content_sha256", "signature")}
-    return json.dumps(core, sort_keys=True, separators=(",", ":"), allow_nan=True, check_circular=False)
+def _dumps(value) -> str:
+    """Compact JSON (``check_circular=False``: the values are fresh trees; the check costs more than half
+    of json's time on a small state)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=True, check_circular=False)
+
+
+def _trailer(content: str, signature: str | None) -> str:
+    """The end of ``metadata.json``: its last two keys, ``content_sha256`` and ``signature`` (hex strings,
+    written without escapes: a recorded value that needed one does not match its trailer and is refused)."""
+    sig = "null" if signature is None else f'"{signature}"'
+    return f',"content_sha256":"{content}","signature":{sig}}}'
+
+
+def seal(meta: dict, key: bytes | None) -> bytes:
+    """The bytes of ``metadata.json`` for the metadata ``meta`` (without ``content_sha256`` and
+    ``signature``): its compact JSON text, whose SHA-256 is the content hash, with the hash and its
+    signature under ``key`` (None: unsigned) appended as the last two keys."""
+    core = _dumps(meta)
+    content = hashlib.sha256(core.encode()).hexdigest()
+    return (core[:-1] + _trailer(content, _sign(content, key))).encode()
+
+
+def _content_hash(raw: bytes, meta: dict) -> str | None:
+    """The content hash of the bytes ``raw`` of ``metadata.json`` (parsed: ``meta``): the SHA-256 of the
+    text before its trailer, closed with ``}``; None when the trailer is not exactly what :func:`seal`
+    writes for the recorded hash and signature (so no key can follow them) or the hash differs."""
+    content, sig = meta.get("content_sha256"), meta.get("signature")
+    if type(content) is not str or not (sig is None or type(sig) is str):
+        return None
+    trailer = _trailer(content, sig).encode()
+    if not raw.endswith(trailer) or len(raw) <= len(trailer):
+        return None
+    digest = hashlib.sha256(raw[:-len(trailer)] + b"}").hexdigest()
+    return digest if digest == content else None  # (a public value: no constant-time comparison needed)
 
 
 # ============================================================================ write / read
@@ -572,28 +680,26 @@ def write(gen, path: str | Path) -> Path:
     if GENERATOR_CLASSES.get(short) != _qualname(type(gen)):
         raise MlsimkitError(f"file '{path}': generator class {_qualname(type(gen))} is not on the allow-list of "
                             "saved models (mlsimkit.generators.modelfile.GENERATOR_CLASSES)")
-    enc = _Encoder()
-    state = enc.enc(gen, f"generator {short}")
-    # check_circular=False: the encoder built a fresh tree (a cycle in the generator would have recursed
-    # there already), and the check costs more than half of json's time on a small state
-    members = {_STATE: json.dumps(state, separators=(",", ":"), allow_nan=True, check_circular=False).encode(),
-               **enc.finish()}
     schema = getattr(gen, "schema_", None)
+    if not isinstance(schema, Schema):
+        schema = None
+    enc = _Encoder(schema)  # the state refers to the metadata's schema instead of holding a second copy
+    state = enc.enc(gen, f"generator {short}")
+    members = enc.finish()
     meta = {
         "magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
         "settings": _plain(gen.get_params()), "schema": None if schema is None else schema.to_dict(),
         "training": _training(gen), "requires_trust": any(m.startswith("pickle/") for m in members),
         "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
+        "state": state,  # last: the keys above stay at the top for a reader (one member less to zip)
     }
-    meta["content_sha256"] = hashlib.sha256(_canonical(meta).encode()).hexdigest()
-    meta["signature"] = _sign(meta["content_sha256"], _key(create=True))
     # compact: an indented dump runs json's pure-Python encoder (a tenth of a small model's round trip);
-    # not the canonical text, whose sorted keys would lose the schema's table and column order
-    text = json.dumps(meta, separators=(",", ":"), allow_nan=True, check_circular=False)
+    # the content hash is of these bytes as written (no canonical re-dump on save or load)
+    text = seal(meta, _key(create=True))
     # built in memory, written with one call (many small members write slowly to disk)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in {_META: text.encode(), **members}.items():
+        for name, data in {_META: text, **members}.items():
             zf.writestr(name, data)
     return write_bytes(path, buf.getvalue())
 
@@ -618,7 +724,8 @@ def _old_pickle_version(path: Path) -> Any:
 
 
 def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
-    """The checked metadata of a saved generator: magic and format version (nothing else is read)."""
+    """The checked metadata of a saved generator: magic and format version (the state in it is parsed,
+    not decoded; no other member is read)."""
     path = Path(path)
     if zf is None:
         if not path.is_file():
@@ -695,11 +802,10 @@ def _open(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
         raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (not a zip archive)") from None
 
 
-def schema_differences(saved: dict, expected) -> list[str]:
-    """What differs between the schema recorded in a file and ``expected`` (empty: the same structure)."""
-    from ..schema import Schema
-
-    have = Schema.from_dict(saved)
+def schema_differences(saved, expected) -> list[str]:
+    """What differs between the schema recorded in a file (a :class:`Schema` or its dict) and ``expected``
+    (empty: the same structure)."""
+    have = saved if isinstance(saved, Schema) else Schema.from_dict(saved)
     if have.same_structure(expected):
         return []
     out = []
@@ -734,13 +840,15 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
     if cls not in GENERATOR_CLASSES:
         raise FormatVersionError(f"file '{path}': generator class {cls!r} is not on the allow-list of saved "
                                  f"models {sorted(GENERATOR_CLASSES)}")
+    saved = meta.get("schema")
     if schema is not None:
-        if not isinstance(meta.get("schema"), dict):
+        if not isinstance(saved, dict):
             raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
         try:
-            diff = schema_differences(meta["schema"], schema)
+            saved = Schema.from_dict(saved)
         except MlsimkitError as exc:
             raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
+        diff = schema_differences(saved, schema)
         if diff:
             raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
                                      f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
@@ -749,15 +857,17 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
     if not isinstance(entries, dict) or set(entries) != names:
         raise FormatVersionError(f"file '{path}': damaged saved generator (its members do not match the "
                                  "list in its metadata)")
-    content = hashlib.sha256(_canonical(meta).encode()).hexdigest()
-    if content != meta.get("content_sha256"):
+    content = _content_hash(blobs[_META], meta)
+    if content is None:
         raise FormatVersionError(f"file '{path}': content hash mismatch in its metadata (modified or "
                                  "damaged); retrain or copy it again")
     pickled = any(m.startswith("pickle/") for m in names)
     if pickled and not trust:
         sig = meta.get("signature")
         key = _key(create=False)
-        if not (isinstance(sig, str) and key is not None and hmac.compare_digest(sig, _sign(content, key))):
+        # (bytes: compare_digest refuses str with non-ASCII characters, which a forged file may hold)
+        if not (isinstance(sig, str) and key is not None
+                and hmac.compare_digest(sig.encode(), _sign(content, key).encode())):
             raise MlsimkitError(
                 f"file '{path}': this {cls} holds a pickled object (the ctgan package's model), and "
                 "unpickling a file runs code with your rights; it was not written by this user's mlsimkit "
@@ -767,11 +877,9 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
         if hashlib.sha256(blobs[m]).hexdigest() != entries[m]:
             raise FormatVersionError(f"file '{path}': content hash mismatch in member {m} (modified or "
                                      "damaged); retrain or copy it again")
-    dec = _Decoder(blobs, path, allow_pickle=pickled)  # pickled and untrusted was refused above
-    try:
-        state = json.loads(bytes(blobs[_STATE]))
-    except (KeyError, ValueError):
-        raise dec.bad(f"no readable {_STATE}") from None
+    # pickled and untrusted was refused above; the schema built for the check above is reused
+    dec = _Decoder(blobs, path, allow_pickle=pickled, schema=saved)
+    state = meta.get("state")
     if not isinstance(state, dict) or state.get("__generator__") != cls:
         raise FormatVersionError(f"file '{path}': damaged saved generator (its state is not a {cls})")
     try:
