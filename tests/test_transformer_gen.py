@@ -105,11 +105,9 @@ def test_same_seed_same_sample_and_save_load_round_trip(fitted, tmp_path):
         pd.testing.assert_frame_equal(a[name], b[name])
     assert not a.child.MathAch.equals(c.child.MathAch)
     path = fitted.save(tmp_path / "tt.zip")
-    import json
-    import zipfile
+    from mlsimkit.generators.modelfile import read_metadata
 
-    with zipfile.ZipFile(path) as zf:
-        meta = json.loads(zf.read("metadata.json"))
+    meta = read_metadata(path)
     assert meta["class"] == "TabularTransformerGenerator" and meta["requires_trust"] is False
     assert meta["training"]["decode_failures"] == 0 and set(meta["training"]["final_loss"]) == {"school", "student"}
     back = load(path)

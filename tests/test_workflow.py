@@ -87,6 +87,7 @@ def test_ablation_icc_table_shows_real_and_synthetic_icc_per_scenario():
 def test_model_cache_reuses_checked_files_and_retrains_bad_ones(study, tmp_path, monkeypatch):
     import io
     import pickle
+    import struct
     import zipfile
 
     import mlsimkit.datasets as ds
@@ -104,24 +105,30 @@ def test_model_cache_reuses_checked_files_and_retrains_bad_ones(study, tmp_path,
     assert again.sample(6, seed=2).equals(gen.sample(6, seed=2))
     # half-written, modified and earlier-format (pickled) files are retrained, never loaded
     good = cache.read_bytes()
-    with zipfile.ZipFile(cache) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
+    n = struct.unpack("<Q", good[12:20])[0]
+    meta, buffer = good[20:20 + n], good[20 + n:]
 
-    def rezip(meta_from, meta_to):
+    def edited(meta_from, meta_to):
         """The cached file with metadata.json's text edited (its recorded hashes left as they were)."""
-        assert members["metadata.json"].count(meta_from) == 1
+        assert meta.count(meta_from) == 1
+        text = meta.replace(meta_from, meta_to)
+        return good[:12] + struct.pack("<Q", len(text)) + text + buffer
+
+    def old_zip(version):
+        """The cached file as a zip archive of an earlier format version."""
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
-            for n, b in members.items():
-                zf.writestr(n, b.replace(meta_from, meta_to) if n == "metadata.json" else b)
+            zf.writestr("metadata.json", meta.replace(b'"format_version":6', b'"format_version":%d' % version))
+            zf.writestr("arrays.bin", buffer)
         return buf.getvalue()
 
     bad_files = {"truncated or damaged": good[: len(good) // 3],
                  # a modified state
-                 "content hash mismatch in its metadata": rezip(b'"state":{"__generator__":"SchoolBootstrap",'
+                 "content hash mismatch in its metadata": edited(b'"state":{"__generator__":"SchoolBootstrap",'
                                                                 b'"state":{"replace":true', b'"state":{"__generator__":'
                                                                 b'"SchoolBootstrap","state":{"replace":false'),
-                 "format version 4": rezip(b'"format_version":5', b'"format_version":4'),  # the previous format
+                 "format version 5": old_zip(5),  # the previous format (a zip archive)
+                 "format version 7": good[:8] + struct.pack("<I", 7) + good[12:],  # a later one
                  "pickled generator": pickle.dumps({"magic": "mlsimkit-generator", "format_version": 2})}
     for reason, content in bad_files.items():
         cache.write_bytes(content)

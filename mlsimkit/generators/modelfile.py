@@ -56,6 +56,7 @@ why and how to opt in. The key never enters a file; anyone with it can sign, so 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import hashlib
@@ -67,8 +68,8 @@ import os
 import pickle
 import pickletools
 import secrets
+import struct
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +80,18 @@ from ..errors import FormatVersionError, MlsimkitError
 from ..io import write_bytes
 from ..schema import Schema
 
+#: 6: one file (prefix, version, metadata length, metadata.json, buffer) instead of a zip archive; member
+#: records [offset, length], array records [offset, length, dtype, shape].
 #: 5: as 4, the state inside metadata.json (no state.json), the schema stored once (the state refers to
 #: the metadata's), dicts with string keys as JSON objects, the content hash of metadata.json's bytes.
 #: 4: as 3, with all arrays in one raw member ``arrays.bin``.
 #: 3: zip of JSON metadata + numpy arrays (no pickle, except CTGAN's model behind trust).
 #: 2: pickle; the diffusion generator's ``sample_batch`` became ``sample_block``. 1: pickle.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 MAGIC = "mlsimkit-generator"
+#: the first bytes of a file: these 8, the format version (u32) and the length of metadata.json (u64)
+_PREFIX = b"MLSIMKIT"
+_HEAD = struct.Struct("<8sIQ")
 #: file name suffix of a saved generator (``models/<name>.zip``)
 SUFFIX = ".zip"
 _META = "metadata.json"
@@ -242,7 +248,7 @@ class _Encoder:
         self.size = 0
 
     def _array(self, a: np.ndarray) -> list:
-        """Append ``a``'s bytes to ``arrays.bin``; its record is ``[offset, dtype, shape]``."""
+        """Append ``a``'s bytes to ``arrays.bin``; its record is ``[offset, length, dtype, shape]``."""
         a = np.ascontiguousarray(a)
         pad = -self.size % 16
         if pad:
@@ -251,7 +257,7 @@ class _Encoder:
         data = a.tobytes()
         self.chunks.append(data)
         self.size = offset + len(data)
-        return [offset, a.dtype.str, list(a.shape)]
+        return [offset, len(data), a.dtype.str, list(a.shape)]
 
     def finish(self) -> dict[str, bytes]:
         """All members: the arrays (when there are any) and the pickled ones."""
@@ -425,6 +431,7 @@ class _Decoder:
         self.blobs, self.path, self.allow_pickle = blobs, path, allow_pickle
         self.schema = schema
         self.schemas: dict = {}  # source -> the schema with that source
+        self.spans: list[tuple[int, int]] = []  # the byte ranges of the arrays read so far, sorted
 
     def _schema(self, source) -> Schema:
         """The metadata's schema with ``source`` (the one object per source, as the saved state shared it)."""
@@ -449,20 +456,30 @@ class _Decoder:
         return self.blobs[member]
 
     def _array(self, spec) -> np.ndarray:
-        """The array recorded as ``[offset, dtype, shape]`` in ``arrays.bin`` (bounds and dtype checked)."""
+        """The array recorded as ``[offset, length, dtype, shape]`` in ``arrays.bin`` (bounds, length, dtype
+        and overlap with the arrays read before checked before any byte is read)."""
         try:
-            offset, dtype, shape = spec
+            offset, length, dtype, shape = spec
             dt = _plain_dtype(dtype)
             shape = tuple([int(n) for n in shape])
-            ok = type(offset) is int and offset >= 0 and dt is not None and all(n >= 0 for n in shape)
+            ok = (type(offset) is int and type(length) is int and offset >= 0 and dt is not None
+                  and all(n >= 0 for n in shape))
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise self.bad(f"an array record that is not [offset, plain dtype, shape]: {spec!r}")
+            raise self.bad(f"an array record that is not [offset, length, plain dtype, shape]: {spec!r}")
         blob = self._member(_ARRAYS)
         count = math.prod(shape)
-        if offset + count * dt.itemsize > len(blob):
+        if length != count * dt.itemsize:
+            raise self.bad(f"an array record whose length does not match its dtype and shape: {spec!r}")
+        if offset + length > len(blob):
             raise self.bad(f"an array record beyond the end of {_ARRAYS}")
+        if length:
+            spans = self.spans
+            i = bisect.bisect(spans, (offset, offset + length))
+            if (i and spans[i - 1][1] > offset) or (i < len(spans) and spans[i][0] < offset + length):
+                raise self.bad(f"an array record overlapping another one: {spec!r}")
+            spans.insert(i, (offset, offset + length))
         return np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape).copy()
 
     def values(self, spec):
@@ -581,7 +598,7 @@ class _Decoder:
             member = x[tag]
             if not (self.allow_pickle and isinstance(member, str) and member.startswith("pickle/")):
                 raise self.bad(f"a pickled record ({member!r}) outside a trusted file's pickle/ members")
-            return pickle.loads(self._member(member))
+            return pickle.loads(bytes(self._member(member)))
         raise self.bad(f"unknown record {tag!r}")
 
 
@@ -686,22 +703,24 @@ def write(gen, path: str | Path) -> Path:
     enc = _Encoder(schema)  # the state refers to the metadata's schema instead of holding a second copy
     state = enc.enc(gen, f"generator {short}")
     members = enc.finish()
+    # the buffer: arrays.bin first (at offset 0: the array records' offsets are the buffer's), then the
+    # pickled members, each recorded as [offset, length]
+    records, offset = {}, 0
+    for name, data in members.items():
+        records[name] = [offset, len(data)]
+        offset += len(data)
     meta = {
         "magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
         "settings": _plain(gen.get_params()), "schema": None if schema is None else schema.to_dict(),
         "training": _training(gen), "requires_trust": any(m.startswith("pickle/") for m in members),
-        "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
-        "state": state,  # last: the keys above stay at the top for a reader (one member less to zip)
+        "members": records, "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
+        "state": state,  # last: the keys above stay at the top for a reader
     }
     # compact: an indented dump runs json's pure-Python encoder (a tenth of a small model's round trip);
     # the content hash is of these bytes as written (no canonical re-dump on save or load)
     text = seal(meta, _key(create=True))
-    # built in memory, written with one call (many small members write slowly to disk)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in {_META: text, **members}.items():
-            zf.writestr(name, data)
-    return write_bytes(path, buf.getvalue())
+    # built in memory, written with one call
+    return write_bytes(path, b"".join([_HEAD.pack(_PREFIX, FORMAT_VERSION, len(text)), text, *members.values()]))
 
 
 def _old_pickle_version(path: Path) -> Any:
@@ -723,32 +742,100 @@ def _old_pickle_version(path: Path) -> Any:
     return None
 
 
-def read_metadata(path: str | Path, zf: zipfile.ZipFile | None = None) -> dict:
-    """The checked metadata of a saved generator: magic and format version (the state in it is parsed,
-    not decoded; no other member is read)."""
+def _retrain(path: Path, version, writer) -> FormatVersionError:
+    return FormatVersionError(
+        f"file '{path}': generator format version {version} (written by mlsimkit {writer}), this mlsimkit "
+        f"reads version {FORMAT_VERSION}; retrain and save it again")
+
+
+def _refuse_old(path: Path, head: bytes) -> FormatVersionError:
+    """The error for a file that does not start with :data:`_PREFIX`: a pickle of format version <= 2, a zip
+    archive of versions 3-5 (its ``metadata.json`` read only for the version it names), or something else."""
+    if head[:1] == b"\x80":
+        version = _old_pickle_version(path)
+        return FormatVersionError(
+            f"file '{path}': a pickled generator (format version {version if version is not None else '<= 2'}) "
+            f"from an earlier mlsimkit; pickles are not loaded because unpickling runs code, and this mlsimkit "
+            f"reads version {FORMAT_VERSION}; retrain and save it again")
+    if head[:4] == b"PK\x03\x04":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if zf.getinfo(_META).file_size > _MAX_META_BYTES:
+                    raise ValueError
+                meta = json.loads(zf.read(_META))
+        except KeyError:
+            return FormatVersionError(f"file '{path}': not a saved mlsimkit generator (a zip archive without "
+                                      f"{_META})")
+        except Exception:  # noqa: BLE001 - damaged: its version is unknown
+            meta = None
+        if isinstance(meta, dict) and meta.get("magic") == MAGIC:
+            return _retrain(path, meta.get("format_version"), meta.get("mlsimkit"))
+        return _retrain(path, "3-5 (a zip archive, truncated or damaged)", "<= 0.x")
+    return FormatVersionError(f"file '{path}': not a saved mlsimkit generator (it does not start with "
+                              f"{_PREFIX.decode()})")
+
+
+def _read_file(path: Path) -> tuple[bytes, memoryview]:
+    """The bytes of ``metadata.json`` and the buffer of the file at ``path``: the prefix, the format version
+    and the metadata's length are checked (against the cap and the file's length) before the rest is
+    read, with one call."""
+    if not path.is_file():
+        raise MlsimkitError(f"file '{path}': saved generator not found")
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD.size)
+        if head[:len(_PREFIX)] != _PREFIX:
+            raise _refuse_old(path, head)
+        if len(head) < _HEAD.size:
+            raise _truncated(path, "its header")
+        _, version, n = _HEAD.unpack(head)
+        if n > _MAX_META_BYTES:
+            raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large: "
+                                     f"{n} bytes)")
+        size = os.fstat(fh.fileno()).st_size
+        if version != FORMAT_VERSION:
+            writer = "unknown"
+            if _HEAD.size + n <= size:
+                try:
+                    writer = json.loads(fh.read(n)).get("mlsimkit")
+                except Exception:  # noqa: BLE001 - only for the message
+                    pass
+            raise _retrain(path, version, writer)
+        if _HEAD.size + n > size:
+            raise _truncated(path, _META)
+        rest = fh.read()
+    return rest[:n], memoryview(rest)[n:]
+
+
+def _truncated(path: Path, what: str) -> FormatVersionError:
+    return FormatVersionError(f"file '{path}': truncated or damaged saved generator ({what} ends beyond the end "
+                              "of the file); retrain or copy it again")
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The checked metadata of a saved generator: prefix, magic and format version (the state in it is
+    parsed, not decoded; nothing after it is read)."""
     path = Path(path)
-    if zf is None:
-        if not path.is_file():
-            raise MlsimkitError(f"file '{path}': saved generator not found")
-        with _open(path) as zf:
-            return read_metadata(path, zf)
-    try:
-        info = zf.getinfo(_META)
-    except KeyError:
-        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (no {_META})") from None
-    if info.file_size > _MAX_META_BYTES:
-        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large)")
-    try:
-        raw = zf.read(_META)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable {_META} ({exc})") from None
+    if not path.is_file():
+        raise MlsimkitError(f"file '{path}': saved generator not found")
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD.size)
+    if head[:len(_PREFIX)] != _PREFIX or len(head) < _HEAD.size:
+        return _checked_metadata(path, _read_file(path)[0])  # raises the error of such a file
+    _, version, n = _HEAD.unpack(head)
+    if version != FORMAT_VERSION or n > _MAX_META_BYTES:
+        return _checked_metadata(path, _read_file(path)[0])
+    with open(path, "rb") as fh:
+        fh.seek(_HEAD.size)
+        raw = fh.read(n)
+    if len(raw) < n:
+        raise _truncated(path, _META)
     return _checked_metadata(path, raw)
 
 
 def _checked_metadata(path: Path, raw) -> dict:
     """The metadata in the bytes ``raw`` of ``metadata.json``, its magic and format version checked."""
-    if raw is None:
-        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (no {_META})")
     if len(raw) > _MAX_META_BYTES:
         raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator ({_META} is too large)")
     try:
@@ -758,48 +845,37 @@ def _checked_metadata(path: Path, raw) -> dict:
     if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
         raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (wrong magic)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise FormatVersionError(
-            f"file '{path}': generator format version {meta.get('format_version')} (written by mlsimkit "
-            f"{meta.get('mlsimkit')}), this mlsimkit reads version {FORMAT_VERSION}; retrain and save it again"
-        )
+        raise _retrain(path, meta.get("format_version"), meta.get("mlsimkit"))
     return meta
 
 
-def _members(path: Path) -> dict:
-    """Every member of the archive at ``path`` (name -> bytes), from one read of the file; until the
-    metadata has been checked they are only bounds-checked, CRC-checked and hashed, never interpreted."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    with _open(path, data) as zf:
-        out = {}
-        for m in zf.namelist():
-            try:
-                out[m] = zf.read(m)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise FormatVersionError(f"file '{path}': damaged saved generator, member {m} ({exc})") from None
-        return out
-
-
-def _open(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
-    """The archive at ``path`` (parsed from ``data``, the file's bytes, when given)."""
-    if data is None:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    else:
-        head = data[:4]
-    if head[:1] == b"\x80":
-        version = _old_pickle_version(path)
-        raise FormatVersionError(
-            f"file '{path}': a pickled generator (format version {version if version is not None else '<= 2'}) "
-            f"from an earlier mlsimkit; pickles are not loaded because unpickling runs code, and this mlsimkit "
-            f"reads version {FORMAT_VERSION}; retrain and save it again")
-    try:
-        return zipfile.ZipFile(path if data is None else io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError):
-        if head == b"PK\x03\x04":
-            raise FormatVersionError(f"file '{path}': truncated or damaged saved generator (its zip directory "
-                                     "is missing or unreadable); retrain or copy it again") from None
-        raise FormatVersionError(f"file '{path}': not a saved mlsimkit generator (not a zip archive)") from None
+def _members(path: Path, meta: dict, buffer: memoryview) -> dict:
+    """The members the metadata records (name -> a view of the buffer), every record checked: a list
+    ``[offset, length]`` of ints inside the buffer, no two overlapping, ``arrays.bin`` at offset 0, and no
+    byte of the buffer outside them (a shorter buffer is a truncated file)."""
+    records = meta.get("members")
+    if not isinstance(records, dict):
+        raise FormatVersionError(f"file '{path}': damaged saved generator (no member records in its metadata)")
+    spans = []
+    for name, rec in records.items():
+        if not (type(rec) is list and len(rec) == 2 and all(type(v) is int and v >= 0 for v in rec)):
+            raise FormatVersionError(f"file '{path}': damaged saved generator (a member record that is not "
+                                     f"[offset, length]: {name!r}: {rec!r})")
+        if name == _ARRAYS and rec[0] != 0:
+            raise FormatVersionError(f"file '{path}': damaged saved generator ({_ARRAYS} not at offset 0)")
+        spans.append((rec[0], rec[0] + rec[1], name))
+    spans.sort()
+    end = 0
+    for start, stop, name in spans:
+        if start < end:
+            raise FormatVersionError(f"file '{path}': damaged saved generator (member {name} overlaps another)")
+        if stop > len(buffer):
+            raise _truncated(path, f"member {name}")
+        end = stop
+    if end != len(buffer):
+        raise FormatVersionError(f"file '{path}': damaged saved generator ({len(buffer) - end} bytes after its "
+                                 "last member)")
+    return {name: buffer[start:stop] for start, stop, name in spans}
 
 
 def schema_differences(saved, expected) -> list[str]:
@@ -832,10 +908,9 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
     :class:`~mlsimkit.errors.FormatVersionError` (or :class:`~mlsimkit.errors.MlsimkitError` for a missing
     file) naming the file and the reason."""
     path = Path(path)
-    if not path.is_file():
-        raise MlsimkitError(f"file '{path}': saved generator not found")
-    blobs = _members(path)
-    meta = _checked_metadata(path, blobs.get(_META))
+    raw, buffer = _read_file(path)
+    meta = _checked_metadata(path, raw)
+    blobs = _members(path, meta, buffer)
     cls = meta.get("class")
     if cls not in GENERATOR_CLASSES:
         raise FormatVersionError(f"file '{path}': generator class {cls!r} is not on the allow-list of saved "
@@ -853,11 +928,11 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
             raise FormatVersionError(f"file '{path}': trained on a schema that does not match the study's "
                                      f"'{schema.name}' ({'; '.join(diff[:5])}); retrain on this study's data")
     entries = meta.get("entries")
-    names = set(blobs) - {_META}
+    names = set(blobs)
     if not isinstance(entries, dict) or set(entries) != names:
         raise FormatVersionError(f"file '{path}': damaged saved generator (its members do not match the "
                                  "list in its metadata)")
-    content = _content_hash(blobs[_META], meta)
+    content = _content_hash(raw, meta)
     if content is None:
         raise FormatVersionError(f"file '{path}': content hash mismatch in its metadata (modified or "
                                  "damaged); retrain or copy it again")
