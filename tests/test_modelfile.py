@@ -261,7 +261,7 @@ def test_other_format_version(boot, tmp_path):
     # a truncated old archive: still the retrain message
     cut = tmp_path / "v5cut.zip"
     cut.write_bytes((tmp_path / "v5.zip").read_bytes()[:100])
-    with pytest.raises(FormatVersionError, match=r"v5cut\.zip'.*format version 3-5 .*reads version 6; retrain"):
+    with pytest.raises(FormatVersionError, match=r"v5cut\.zip'.*format version 3-5\).*reads version 6; retrain"):
         load(cut)
     # a later version, read from the prefix before anything else (and its writer from its metadata)
     later = tmp_path / "v7.zip"

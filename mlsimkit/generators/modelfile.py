@@ -1,16 +1,24 @@
 """The saved-model file: JSON metadata and arrays, so that loading a generator runs no code.
 
-A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) with these members:
+A generator is saved as one file (by convention ``<name>.zip``, a name kept from the zip archives of
+format versions 3-5; the file is no longer a zip) laid out as a safetensors file is:
+
+* 8 bytes ``MLSIMKIT``, the format version (:data:`FORMAT_VERSION`) as a little-endian u32 and the length
+  N of the metadata as a little-endian u64, so that the version is read before anything else;
+* N bytes of ``metadata.json`` (UTF-8 JSON);
+* the buffer: the raw bytes of the members ``arrays.bin`` (at offset 0) and ``pickle/<k>.pkl``, one after
+  the other, nothing after the last.
 
 ``metadata.json``
-    Compact JSON, in this order: ``magic`` (``"mlsimkit-generator"``), ``format_version``
-    (:data:`FORMAT_VERSION`), the ``mlsimkit`` version that wrote it, ``class`` (a name on the allow-list
+    Compact JSON, in this order: ``magic`` (``"mlsimkit-generator"``), ``format_version`` (the prefix's),
+    the ``mlsimkit`` version that wrote it, ``class`` (a name on the allow-list
     :data:`GENERATOR_CLASSES`), the constructor ``settings``, the ``schema`` it was trained on
     (:meth:`Schema.to_dict`), a ``training`` summary (seconds, final losses, the decoding failures of a
-    generator that counts them), ``requires_trust``, ``entries`` (the SHA-256 of every other member),
-    ``state`` (below), ``content_sha256`` (the SHA-256 of the file's text before this key, closed with ``}``:
-    of everything above, byte for byte as written) and ``signature`` (see "Trust" below). Nothing may follow
-    the signature: the text after the hashed part must be exactly these two keys.
+    generator that counts them), ``requires_trust``, ``members`` (each member's record ``[offset,
+    length]`` in the buffer), ``entries`` (the SHA-256 of every member), ``state`` (below),
+    ``content_sha256`` (the SHA-256 of the file's text before this key, closed with ``}``: of everything
+    above, byte for byte as written) and ``signature`` (see "Trust" below). Nothing may follow the
+    signature: the text after the hashed part must be exactly these two keys.
 ``state`` (in ``metadata.json``)
     The fitted state as a tree of JSON values: numbers (non-finite floats as JSON's ``NaN`` / ``Infinity``
     extension), strings, lists, dicts with string keys as JSON objects, and tagged records (an object
@@ -23,25 +31,30 @@ A generator is saved as one zip archive (``<name>.zip``, stored uncompressed) wi
     check below. (Format version 4 had it in a member ``state.json`` and the schema a second time in it.)
 ``arrays.bin``
     Every numerical array and tensor (and every array of strings) as raw bytes, one after the other (each
-    starting at a multiple of 16 bytes); the state records each one's offset, dtype (a plain numpy dtype
-    string such as ``<f8``: never an object dtype) and shape, and reading is :func:`numpy.frombuffer` on
-    a bounds-checked slice, so nothing in the file is interpreted as anything but numbers. One member
-    instead of one ``.npy`` per array keeps the fixed cost of small models low (format version 3 had a
-    ``.npy`` member per array). Network weights are stored the same way and copied into a network built
-    from its constructor arguments on the ``meta`` device (no random initialisation, no global RNG use).
+    starting at a multiple of 16 bytes); the state records each one as ``[offset, length, dtype, shape]``
+    (the offset in the buffer; the dtype a plain numpy dtype string such as ``<f8``: never an object
+    dtype), and reading is :func:`numpy.frombuffer` on a slice checked against the member's end, the
+    length its dtype and shape imply and the arrays read before (no two may share a byte), so nothing in
+    the file is interpreted as anything but numbers. Network weights are stored the same way and copied
+    into a network built from its constructor arguments on the ``meta`` device (no random
+    initialisation, no global RNG use).
 ``pickle/<k>.pkl``
     Only for CTGAN: the ``ctgan`` package's own model object, which has no array form here (its data
     transformer holds ``rdt`` transformer objects). Such a file has ``requires_trust: true``.
 
-The archive is an ordinary stored (uncompressed) zip that any zip tool opens, built in memory by
-:mod:`zipfile` and written with one call to a temporary file renamed onto the target; a file is read with
-one call and parsed by :mod:`zipfile` from memory.
+The file is built in memory and written with one call to a temporary file renamed onto the target; it is
+read with two calls (the 20-byte prefix, then the rest) and sliced in memory without copies. Format
+version 5 was the same metadata and members in a stored zip archive; the zip container cost about a tenth
+of a small model's round trip.
 
-Loading (:func:`read`) reads and checks the metadata before it touches any array: a truncated or damaged
-archive, another format version (a version-2 pickle from an earlier build is recognised without
-unpickling it), a class not on the allow-list, a schema other than the expected one, and a content hash
-that does not match each raise one :class:`~mlsimkit.errors.FormatVersionError` naming the file and the
-reason.
+Loading (:func:`read`) checks, before it reads the rest of the file, the prefix, the format version and
+the metadata's length (at most 256 MiB, and within the file); then the metadata, and every member record
+against the buffer (inside it, no overlaps, nothing after the last: a shorter buffer is a truncated file)
+before it touches any member. A truncated or damaged file, another format version (a version-2 pickle
+from an earlier build is recognised without unpickling it, and a zip archive of versions 3-5 by its
+``metadata.json``), a class not on the allow-list, a schema other than the expected one, and a content
+hash that does not match each raise one :class:`~mlsimkit.errors.FormatVersionError` naming the file and
+the reason.
 
 Trust
 -----
@@ -416,7 +429,7 @@ class _Decoder:
     Parameters
     ----------
     blobs : dict
-        The archive's members (name -> bytes).
+        The file's members (name -> bytes, or a view of the file's buffer).
     path : Path
         The file, named in every error.
     allow_pickle : bool
@@ -772,7 +785,8 @@ def _refuse_old(path: Path, head: bytes) -> FormatVersionError:
             meta = None
         if isinstance(meta, dict) and meta.get("magic") == MAGIC:
             return _retrain(path, meta.get("format_version"), meta.get("mlsimkit"))
-        return _retrain(path, "3-5 (a zip archive, truncated or damaged)", "<= 0.x")
+        return FormatVersionError(f"file '{path}': a damaged zip archive of an earlier mlsimkit (format version "
+                                  f"3-5); this mlsimkit reads version {FORMAT_VERSION}; retrain and save it again")
     return FormatVersionError(f"file '{path}': not a saved mlsimkit generator (it does not start with "
                               f"{_PREFIX.decode()})")
 
@@ -903,8 +917,9 @@ def schema_differences(saved, expected) -> list[str]:
 
 def read(path: str | Path, *, schema=None, trust: bool = False):
     """Load a generator written by :func:`write`. Checks, in order and before reading any array: the
-    archive, magic and format version, the class (allow-list), the schema (when ``schema`` is given), the
-    trust a pickle member needs, and the content hash; each failure is one
+    prefix, format version and metadata length, the magic, the member records against the file's length,
+    the class (allow-list), the schema (when ``schema`` is given), the trust a pickle member needs, and
+    the content hashes; each failure is one
     :class:`~mlsimkit.errors.FormatVersionError` (or :class:`~mlsimkit.errors.MlsimkitError` for a missing
     file) naming the file and the reason."""
     path = Path(path)
