@@ -16,7 +16,7 @@ Figures printed (medians over ``--reps`` timed calls; the machine is shared, so 
   CTGAN rows (``--seeds`` samples of 160 schools), plus CP-SAT status and solve time;
 * saved-model round trip, per generator and for its pool: seconds of ``save`` and ``load`` (fastest of
   at least 15 interleaved calls, 60 for round trips under 10 ms) in the safe format
-  (:mod:`mlsimkit.generators.modelfile`: JSON metadata + numpy arrays, content hash checked on load)
+  (:mod:`mlsimkit.generators.modelfile`: JSON metadata + raw arrays, content hash checked on load)
   against pickling the same object atomically as format version 2 did, the file sizes and the ratio of
   the round trips.
   ``--fast-fit`` trains the diffusion model for 200 steps per network (same network sizes, so the same
@@ -34,44 +34,46 @@ ctgan       95 s (50 ep.)  2.3e4               20 s                1.3e6
 clavaddpm   63 s           2.4e4               7.3 s               1.2e6
 ==========  =============  ==================  ==================  =================
 
-Saved-model round trip (2026-12-03, format version 5 after issue 16: one read of the file, the archive
-built and parsed in memory by zipfile, the state inside metadata.json, the schema stored once, string-keyed
-dicts as JSON objects, the content hash of metadata.json's bytes as written; the machine shared with other
-jobs; ``--epochs 2 --fast-fit --pool-size 2000``; "pickle" is an atomic pickle of the generator, what format
-version 2 did; "before" is the ratio measured before issue 16's changes to the codec):
+Saved-model round trip (2026-12-03, format version 6: one file laid out as a safetensors file, a prefix
+``MLSIMKIT`` + version + metadata length, then metadata.json and the raw buffer of arrays, written with one
+call and read with two, no zip; otherwise as version 5 after issue 16: the state inside metadata.json, the
+schema stored once, string-keyed dicts as JSON objects, the content hash of metadata.json's bytes as
+written; the machine shared with other jobs (a book build); ``--epochs 2 --fast-fit --pool-size 2000``;
+"pickle" is an atomic pickle of the generator, what format version 2 did; "v5" is the ratio of format
+version 5, a zip archive, measured the same way; "before" the ratio before issue 16's changes to the codec):
 
-=======================  ======  ======  ======  ======  =====  ======  =====  ==========
-model                    save    load    pickle  pickle  ratio  before  MB     pickle MB
+=======================  ======  ======  ======  ======  =====  ====  ======  =====  ==========
+model                    save    load    pickle  pickle  ratio  v5    before  MB     pickle MB
                                          save    load
-=======================  ======  ======  ======  ======  =====  ======  =====  ==========
-bootstrap                0.0038  0.0036  0.0025  0.0017  1.76   2.7     0.24   0.23
-pool(2000) of bootstrap  0.035   0.024   0.030   0.014   1.35   1.65    4.10   3.98
-parametric               0.0008  0.0005  0.0004  0.0001  2.29   6.9     0.007  0.005
-pool(2000) of parametr.  0.028   0.020   0.026   0.012   1.24   1.69    3.87   3.75
-clavaddpm                0.0072  0.0179  0.0095  0.0088  1.37   1.77    0.40   0.41
-pool(2000) of clavaddpm  0.027   0.030   0.030   0.020   1.12   1.55    4.14   4.03
-ctgan                    0.023   0.026   0.017   0.021   1.26   1.45    2.16   2.16
-pool(2000) of ctgan      0.046   0.039   0.041   0.030   1.18   1.50    6.01   5.89
-=======================  ======  ======  ======  ======  =====  ======  =====  ==========
+=======================  ======  ======  ======  ======  =====  ====  ======  =====  ==========
+bootstrap                0.0042  0.0044  0.0032  0.0022  1.59   1.76  2.7     0.24   0.23
+pool(2000) of bootstrap  0.032   0.022   0.032   0.013   1.21   1.35  1.65    4.10   3.98
+parametric               0.0007  0.0005  0.0004  0.0002  2.09   2.29  6.9     0.006  0.005
+pool(2000) of parametr.  0.023   0.018   0.026   0.014   1.05   1.24  1.69    3.87   3.75
+clavaddpm                0.0070  0.0218  0.0107  0.0082  1.53   1.37  1.77    0.40   0.41
+pool(2000) of clavaddpm  0.037   0.049   0.053   0.035   0.99   1.12  1.55    4.14   4.03
+ctgan                    0.025   0.026   0.019   0.019   1.38   1.26  1.45    2.16   2.16
+pool(2000) of ctgan      0.045   0.045   0.053   0.032   1.06   1.18  1.50    6.01   5.89
+=======================  ======  ======  ======  ======  =====  ====  ======  =====  ==========
 
 Seconds, fastest of 15 interleaved calls (60 for round trips under 10 ms); "ratio" is (save + load) /
-(pickle save + pickle load). Another run gave 1.59 / 1.52 / 2.26 / 1.14 / 1.54 / 1.22 / 1.23 / 1.18 in the
-same order. Every model but the smallest costs 1.1-1.8 times pickle's round trip. Format version 3 wrote one
-``.npy`` member per array (bootstrap 6.7, pools up to 2.1 times pickle); version 4 put the arrays in one raw
-member read with ``numpy.frombuffer``; issue 16 cut the fixed cost, and version 5 the format's (the
-parametric file is 6.5 KB, from 11 KB: its schema was stored twice). The parametric model stays above 2x:
-its round trip is about 1.05-1.3 ms against pickle's 0.46-0.57 ms. Where it goes (fastest of 400 calls of
-each step in a loop, on this machine): save 0.60-0.68 ms = the atomic write (temporary file, write,
-rename) 0.20-0.26, which pickle pays as well; the JSON dump of metadata and state with the content hash
-and its HMAC 0.11-0.14; encoding the state (about 40 nodes and 9 arrays) 0.08-0.10; zipping the two
-members 0.07-0.09; finding the signing key 0.02-0.03; the schema's dict 0.015. Load 0.45-0.51 ms = reading
-and parsing the archive 0.09-0.12; parsing the JSON 0.07-0.09; rebuilding and validating the schema
-(``Schema.from_dict``, 13 columns) 0.08-0.12; decoding the state 0.10-0.13; the two hash checks 0.02.
-Pickle does all but the write in about 0.25 ms of C. The schema alone costs about 0.17 ms of the round
-trip (its dict, its JSON both ways, its validation); the validation also runs whenever a caller passes the
-study's schema (the model cache does), so dropping it would only speed up a bare ``load()``. A hand-written
-reader and writer of the stored zip was tried before and not kept: not worth a second zip parser for
-untrusted files.
+(pickle save + pickle load). Another run gave 1.67 / 1.13 / 1.96 / 1.07 / 1.36 / 1.08 / 1.11 / 1.26 in the
+same order (the two runs' parametric ratios 2.09 and 1.96: median 2.03). Every model but the smallest costs
+1.0-1.7 times pickle's round trip. Format version 3 wrote one ``.npy`` member per array (bootstrap 6.7,
+pools up to 2.1 times pickle); version 4 put the arrays in one raw member read with ``numpy.frombuffer``;
+issue 16 cut the fixed cost, version 5 the format's (the parametric file is 6.4 KB, from 11 KB: its schema
+was stored twice), and version 6 the zip container. The parametric model is now at about 2x: its round
+trip is about 1.15-1.2 ms against pickle's 0.57-0.59 ms. Where it goes (fastest of 400 calls of each step
+in a loop, on this machine): save 0.60 ms = the atomic write (temporary file, write, rename) 0.15-0.18,
+which pickle pays as well; the JSON dump of metadata and state with the content hash and its HMAC
+0.12; encoding the state (about 40 nodes and 9 arrays) 0.09; finding the signing key 0.01; the schema's
+dict 0.01 (the zip container cost 0.07-0.09 here in version 5). Load 0.45 ms = reading the file 0.02
+(parsing the zip archive cost 0.09-0.12); parsing the JSON 0.06-0.08; rebuilding and validating the
+schema (``Schema.from_dict``, 13 columns) 0.11-0.13; decoding the rest of the state (every array record
+checked for bounds, length and overlap) 0.13-0.16; the member checks and the two hash checks 0.01. Pickle
+does all but the write in about 0.25 ms of C. The schema alone costs about 0.17 ms of the round trip (its
+dict, its JSON both ways, its validation); the validation also runs whenever a caller passes the study's
+schema (the model cache does), so dropping it would only speed up a bare ``load()``.
 Files are 1-10% larger than the pickles (string columns are stored as one UTF-8 buffer, repeated strings once).
 
 The diffusion generator samples 26,000-31,000 students/s on *one* thread (``bench_diffusion.py``), the
@@ -211,7 +213,7 @@ def main(argv=None):
         print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
     print("\n== training and sampling on HSB (n_clusters = %d) ==" % n)
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print("\n== saved-model round trip: safe format (zip of JSON + numpy arrays) vs pickle ==")
+    print("\n== saved-model round trip: safe format (JSON metadata + raw arrays) vs pickle ==")
     print(pd.DataFrame(trips).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
     if "ctgan" in fitted:
