@@ -5,7 +5,7 @@ into data generation, mixed-model fits and the rest.
 
 Runs every source of ``simulation.sources`` of the study's default profile (``best`` read as ``clavaddpm``)
 serially over the default ``n_schools`` with ``--reps`` replications each, under cProfile, one thread
-(the loky and Dask workers of a study run one each). Generators come from ``--models`` (``<name>.zip``
+(the loky and Dask workers of a study run one each). Generators come from ``--models`` (``<name>.mlsim``
 files, e.g. ``runs/<study>/default/2-train/models``); without it, small ones are trained first
 (ClavaDDPM with 300/300/150 steps, CTGAN with 2 epochs: the architecture of the default profile, hence
 its sampling cost, with little training). Nothing is written under the project.
@@ -59,7 +59,7 @@ def train_small(out: Path, names) -> None:
                 "ctgan": dict(alignment="clca", epochs=2)}
     for name in names:
         t0 = time.perf_counter()
-        G.make(name, **settings[name]).fit(data).save(out / f"{name}.zip")
+        G.make(name, **settings[name]).fit(data).save(out / f"{name}.mlsim")
         print(f"trained a small {name} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="hsb-prediction")
     ap.add_argument("--reps", type=int, default=4, help="replications per number of schools")
-    ap.add_argument("--models", type=Path, help="folder with <generator>.zip files (default: train small ones)")
+    ap.add_argument("--models", type=Path, help="folder with <generator>.mlsim files (default: train small ones)")
     a = ap.parse_args()
 
     import mlsimkit.datasets as ds
@@ -95,7 +95,7 @@ def main() -> None:
         fixed = obj.prepare(study, data)
         print(f"\n{a.study}: n_schools {sizes}, {a.reps} replications each, serial, one thread")
         for name in names:
-            path = None if name in obj.SOURCES else models / f"{name}.zip"
+            path = None if name in obj.SOURCES else models / f"{name}.mlsim"
             gen, methods, _ = obj.source(study, data, name, path, fixed)
             run({"n_schools": sizes[:1]}, gen, methods, reps=1, seed=1)  # load the model, import, warm
             prof = cProfile.Profile()

@@ -10,8 +10,8 @@ folder (see :class:`mlsimkit.study.Study`):
 stage            writes
 ===============  ==============================================================================
 1-specify        ``1-specify/data/`` (validated real data + schema), ``1-specify/icc.csv``
-2-train          ``2-train/models/<generator>.zip``, ``2-train/history.csv``; the hold-out generators
-                 ``2-train/holdout-models/<generator>.zip`` and the held-out schools ``2-train/holdout.csv``
+2-train          ``2-train/models/<generator>.mlsim``, ``2-train/history.csv``; the hold-out generators
+                 ``2-train/holdout-models/<generator>.mlsim`` and the held-out schools ``2-train/holdout.csv``
 3-quality        ``3-quality/summary.csv``, ``3-quality/choice.json`` (the best generator), report
 4-simulate       ``4-simulate/<source>/`` (sharded results), ``4-simulate/results.parquet``, ``truth.csv``
 5-evaluate       ``5-evaluate/summary.csv``
@@ -205,7 +205,7 @@ def training_times(generators: dict) -> pd.DataFrame:
 
 
 def model_file(study: Study, stage: str, name: str) -> Path:
-    """Where a stage saves model ``name``: ``<stage>/models/<name>.zip``."""
+    """Where a stage saves model ``name``: ``<stage>/models/<name>.mlsim``."""
     return study.path(stage, "models", f"{name}{G.SUFFIX}")
 
 

@@ -166,7 +166,7 @@ def test_missing_artifact_names_the_notebook_to_run_first(tmp_path):
     (tmp_path / "notebooks").mkdir()
     s = st.load("hsb-prediction", "quick", tmp_path)
     with pytest.raises(MissingArtifactError, match=r"run notebook '2-train' for study 'hsb-prediction'"):
-        s.require("models/clavaddpm.zip", made_by="2-train")
+        s.require("models/clavaddpm.mlsim", made_by="2-train")
 
 
 def test_params_errors(tmp_path):
@@ -214,7 +214,7 @@ def test_study_artifacts_complete(quick_book, study):
     out, _ = quick_book
     s = st.load(study, "quick", out)
     run_dir = out / "runs" / study / "quick"
-    assert (run_dir / "2-train" / "models" / "clavaddpm.zip").is_file()
+    assert (run_dir / "2-train" / "models" / "clavaddpm.mlsim").is_file()
     choice = json.loads((run_dir / "3-quality" / "choice.json").read_text())
     assert choice["best"] in s["generators"]
     res = pd.read_parquet(run_dir / "4-simulate" / "results.parquet")

@@ -98,7 +98,7 @@ def test_model_cache_reuses_checked_files_and_retrains_bad_ones(study, tmp_path,
     data = data.subset(data.parent["School"].iloc[::8])
     logs = []
     gen = wf.train_one(study, data, "boot", {"generator": "bootstrap"}, log=logs.append)
-    (cache,) = (study.root / "runs" / "_models").glob("bootstrap-*.zip")
+    (cache,) = (study.root / "runs" / "_models").glob("bootstrap-*.mlsim")
     assert logs[-1].startswith("[mlsimkit] boot: trained")
     again = wf.train_one(study, data, "boot", {"generator": "bootstrap"}, log=logs.append)
     assert logs[-1] == f"[mlsimkit] boot: loaded the trained model from the cache ({cache.name})"
@@ -174,7 +174,7 @@ def test_train_concurrently_fills_the_cache_with_the_models_a_serial_run_trains(
     lines = []
     wf.train_concurrently(study, jobs, log=lines.append)
     assert lines[0] == "[mlsimkit] training 2 models in 2 processes: parametric, bootstrap"
-    caches = sorted((study.root / "runs" / "_models").glob("*.zip"))
+    caches = sorted((study.root / "runs" / "_models").glob("*.mlsim"))
     assert len(caches) == 2
     lines.clear()
     par = wf.train_one(study, small, "parametric", {"cluster_size": 20}, log=lines.append)

@@ -12,7 +12,7 @@ name                       class
 =========================  ==========================================================================
 
 :func:`make` builds one by name (``make("ctgan", epochs=300)``); :class:`SchoolPool` wraps any of them to
-draw replications from a large pre-generated pool of synthetic schools. ``gen.save("models/x.zip")`` and
+draw replications from a large pre-generated pool of synthetic schools. ``gen.save("models/x.mlsim")`` and
 :func:`load` keep a fitted generator in a file of JSON metadata and numpy arrays that loads without running
 code from the file (:mod:`~mlsimkit.generators.modelfile`, whose allow-list names the classes a file may
 hold; a new generator is added there).

@@ -101,7 +101,7 @@ class Generator:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Save the fitted generator to ``path`` (atomically; by convention ``<name>.zip``): JSON metadata
+        """Save the fitted generator to ``path`` (atomically; by convention ``<name>.mlsim``): JSON metadata
         and numpy arrays, see :mod:`mlsimkit.generators.modelfile`. Returns the path."""
         return modelfile.write(self, path)
 

@@ -1,7 +1,7 @@
 """The saved-model file: JSON metadata and arrays, so that loading a generator runs no code.
 
-A generator is saved as one file (by convention ``<name>.zip``, a name kept from the zip archives of
-format versions 3-5; the file is no longer a zip) laid out as a safetensors file is:
+A generator is saved as one file (by convention ``<name>.mlsim``; format versions 3-5 were zip archives
+named ``.zip``) laid out as a safetensors file is:
 
 * 8 bytes ``MLSIMKIT``, the format version (:data:`FORMAT_VERSION`) as a little-endian u32 and the length
   N of the metadata as a little-endian u64, so that the version is read before anything else;
@@ -105,8 +105,8 @@ MAGIC = "mlsimkit-generator"
 #: the first bytes of a file: these 8, the format version (u32) and the length of metadata.json (u64)
 _PREFIX = b"MLSIMKIT"
 _HEAD = struct.Struct("<8sIQ")
-#: file name suffix of a saved generator (``models/<name>.zip``)
-SUFFIX = ".zip"
+#: file name suffix of a saved generator (``models/<name>.mlsim``)
+SUFFIX = ".mlsim"
 _META = "metadata.json"
 _ARRAYS = "arrays.bin"
 #: dtype kinds an array may have (no objects, no structured records)
