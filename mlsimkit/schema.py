@@ -360,15 +360,17 @@ def _parse_table(tname: str, tspec: Any, src: str) -> Table:
     )
 
 
+_COLUMN_KEYS = frozenset({"kind", "min", "max", "levels", "integer", "description"})
+
+
 def _parse_column(cname: str, cspec: Any, loc: str) -> Column:
     loc = f"{loc}, column '{cname}'"
     if isinstance(cspec, str):
         cspec = {"kind": cspec}
     if not isinstance(cspec, Mapping):
         raise SchemaError(f"{loc}: expected a mapping with at least 'kind'")
-    unknown = set(cspec) - {"kind", "min", "max", "levels", "integer", "description"}
-    if unknown:
-        raise SchemaError(f"{loc}: unknown key(s) {sorted(unknown)}")
+    if not _COLUMN_KEYS.issuperset(cspec):
+        raise SchemaError(f"{loc}: unknown key(s) {sorted(set(cspec) - _COLUMN_KEYS)}")
     kind = cspec.get("kind")
     if kind not in KINDS:
         raise SchemaError(f"{loc}: 'kind' must be one of {KINDS}, got {kind!r}")
