@@ -40,8 +40,8 @@ from ..data import MultilevelData
 from ..errors import DataValidationError, ParamsError
 from ..generators.base import as_rng
 from ..lmm._model import single_thread_blas
-from ._design import (Encoder, Logistic, expit, group_codes, group_means, independent_columns, no_overlap,
-                      treatment_codes)
+from ._design import Encoder, Logistic, expit, group_means, independent_columns, no_overlap, treatment_codes
+from .estimators import _lmm
 
 LEARNERS = ("lmm", "boosting")
 
@@ -165,7 +165,7 @@ class HybridGenerator:
             if len(keep) < 2 or keep[1] != 1:
                 raise DataValidationError(f"treatment column '{self.treatment}' is collinear with the covariates")
             self.q_keep_ = keep
-            beta, self.tau2_, self.sigma2_ = _fit_ri(X[:, keep], y, codes)
+            beta, self.tau2_, self.sigma2_ = _lmm(X[:, keep], y, codes)
             self.beta_ = beta
         else:
             from sklearn.ensemble import HistGradientBoostingRegressor
@@ -182,7 +182,7 @@ class HybridGenerator:
                 for tr, te in GroupKFold(n_splits=min(5, len(a))).split(F, y, codes):
                     oof[te] = make().fit(F[tr], y[tr]).predict(F[te])
                 self.model_ = make().fit(F, y)
-            _, self.tau2_, self.sigma2_ = _fit_ri(np.ones((len(y), 1)), y - oof, codes)
+            _, self.tau2_, self.sigma2_ = _lmm(np.ones((len(y), 1)), y - oof, codes)
         return self
 
     # ------------------------------------------------------------------ pieces
@@ -255,13 +255,3 @@ class HybridGenerator:
     def sample(self, n_clusters: int, *, seed) -> MultilevelData:
         """The generator protocol: :meth:`sample_with_truth` without the truth."""
         return self.sample_with_truth(n_clusters, seed=seed)[0]
-
-
-def _fit_ri(X, y, codes):
-    """A random-intercept model by the project's engine: ``(beta, tau2, sigma2)``."""
-    from ..lmm import fit_lmm
-
-    c, _ = group_codes(codes)
-    r = fit_lmm(y, X, np.ones((len(y), 1)), c)
-    return (np.asarray(r.fe_params, dtype=float), float(np.asarray(r.cov_re, dtype=float).reshape(-1)[0]),
-            float(r.sigma2))

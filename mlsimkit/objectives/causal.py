@@ -844,10 +844,9 @@ def _compute_arm(d, arm, *, spec, estimators, settings, c, k):
 
     frame = d.data.join_as_one()
     if arm == "plain":
-        t = estimate_ate(frame, spec, estimators=tuple(estimators), versions=("multilevel",), seed=d.seed,
-                         check_overlap=False, **settings)
-        ot = overlap_table(prepare_arrays(frame, spec, check_overlap=False), bounds=settings["bounds"],
-                           ridge=settings["ridge"]).set_index("arm")
+        prep = prepare_arrays(frame, spec, check_overlap=False)  # one preparation for the estimators and overlap
+        t = estimate_ate(prep, estimators=tuple(estimators), versions=("multilevel",), seed=d.seed, **settings)
+        ot = overlap_table(prep, bounds=settings["bounds"], ridge=settings["ridge"]).set_index("arm")
         n = ot["n_students"]
         t["share_beyond"] = float((ot["share_trimmed"] * n).sum() / n.sum())
         t["ess_share_treated"] = float(ot.loc["treated", "ess_share"])
