@@ -77,6 +77,7 @@ import hmac
 import io
 import json
 import math
+import operator
 import os
 import pickle
 import pickletools
@@ -91,7 +92,7 @@ import pandas as pd
 
 from ..errors import FormatVersionError, MlsimkitError
 from ..io import write_bytes
-from ..schema import Schema
+from ..schema import Schema, Table
 
 #: 6: one file (prefix, version, metadata length, metadata.json, buffer) instead of a zip archive; member
 #: records [offset, length], array records [offset, length, dtype, shape].
@@ -241,6 +242,75 @@ def _key(create: bool) -> bytes | None:
 
 def _sign(content: str, key: bytes | None) -> str | None:
     return None if key is None else hmac.digest(key, content.encode(), "sha256").hex()
+
+
+# ============================================================================ schemas
+#: schemas :meth:`Schema.from_dict` built and validated in this process, by the exact JSON text of their dict
+#: (:func:`_dumps`: ``1``, ``1.0`` and ``true`` differ there, as they may in what ``from_dict`` makes of them)
+_SCHEMAS: dict[str, Schema] = {}
+#: the JSON text of a schema's dict, by the schema's ``id`` (the schema, its parts and the text)
+_SCHEMA_TEXTS: dict[int, tuple] = {}
+_CACHED = 16
+
+
+def _schema_parts(schema: Schema) -> list:
+    """What :meth:`Schema.to_dict` reads from ``schema``: its fields, its dict of tables and, in order, each
+    table and its (frozen) columns; compared by identity (:func:`_same_parts`), so a schema whose dicts
+    were changed in place (it is frozen otherwise) counts as another."""
+    parts = [schema.name, schema.missing, schema.extra_columns, schema.join_as_one, schema.description,
+             schema.obtain, schema.tables]
+    for t in schema.tables.values():
+        parts.append(t)
+        parts.extend(t.columns.values())
+    return parts
+
+
+def _same_parts(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+def _schema_json(schema: Schema | None) -> str:
+    """The compact JSON text of ``schema.to_dict()`` ("null" for None), reused while the same schema object
+    holds the same parts (:func:`_schema_parts`; building and dumping the dict is a tenth of a small
+    model's save)."""
+    if schema is None:
+        return "null"
+    hit = _SCHEMA_TEXTS.get(id(schema))
+    parts = _schema_parts(schema)
+    if hit is not None and hit[0] is schema and _same_parts(hit[1], parts):
+        return hit[2]
+    text = _dumps(schema.to_dict())
+    if len(_SCHEMA_TEXTS) >= _CACHED:
+        _SCHEMA_TEXTS.clear()
+    # (the schema and its parts are kept: no id is reused while the entry lives)
+    _SCHEMA_TEXTS[id(schema)] = (schema, parts, text)
+    return text
+
+
+def _schema_from_dict(spec, source: str | None = None) -> Schema:
+    """``Schema.from_dict(spec, source=source)``, validated once per distinct JSON text of ``spec`` in this
+    process; every call returns its own schema object (own dicts of tables and columns; the columns and
+    the tables' other fields are immutable and shared)."""
+    try:
+        key = _dumps(spec)
+    except (TypeError, ValueError):  # not a JSON tree (a caller's mapping): not cached
+        return Schema.from_dict(spec, source=source)
+    have = _SCHEMAS.get(key)
+    if have is None:
+        have = Schema.from_dict(spec, source=source)  # (its errors name the source)
+        if len(_SCHEMAS) >= _CACHED:
+            _SCHEMAS.clear()
+        _SCHEMAS[key] = have
+    out = Schema.__new__(Schema)
+    out.__dict__.update(have.__dict__)
+    tables = {}
+    for name, t in have.tables.items():
+        table = tables[name] = Table.__new__(Table)
+        table.__dict__.update(t.__dict__)
+        table.__dict__["columns"] = dict(t.columns)
+    out.__dict__["tables"] = tables
+    out.__dict__["source"] = source
+    return out
 
 
 # ============================================================================ encoding
@@ -456,7 +526,7 @@ class _Decoder:
             if not isinstance(self.schema, dict):
                 raise self.bad("a schema reference, and no schema in its metadata")
             try:  # built with the first reference's source (no copy for it)
-                self.schema = Schema.from_dict(self.schema, source=source)
+                self.schema = _schema_from_dict(self.schema, source=source)
             except MlsimkitError as exc:
                 raise self.bad(f"unreadable schema: {exc}") from None
         out = self.schema if self.schema.source == source else dataclasses.replace(self.schema, source=source)
@@ -681,7 +751,11 @@ def seal(meta: dict, key: bytes | None) -> bytes:
     """The bytes of ``metadata.json`` for the metadata ``meta`` (without ``content_sha256`` and
     ``signature``): its compact JSON text, whose SHA-256 is the content hash, with the hash and its
     signature under ``key`` (None: unsigned) appended as the last two keys."""
-    core = _dumps(meta)
+    return _seal_text(_dumps(meta), key)
+
+
+def _seal_text(core: str, key: bytes | None) -> bytes:
+    """:func:`seal` for the compact JSON text ``core`` of the metadata."""
     content = hashlib.sha256(core.encode()).hexdigest()
     return (core[:-1] + _trailer(content, _sign(content, key))).encode()
 
@@ -722,16 +796,17 @@ def write(gen, path: str | Path) -> Path:
     for name, data in members.items():
         records[name] = [offset, len(data)]
         offset += len(data)
-    meta = {
-        "magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
-        "settings": _plain(gen.get_params()), "schema": None if schema is None else schema.to_dict(),
-        "training": _training(gen), "requires_trust": any(m.startswith("pickle/") for m in members),
-        "members": records, "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
-        "state": state,  # last: the keys above stay at the top for a reader
-    }
+    head = {"magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
+            "settings": _plain(gen.get_params())}
+    tail = {"training": _training(gen), "requires_trust": any(m.startswith("pickle/") for m in members),
+            "members": records, "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
+            "state": state}  # last: the keys above stay at the top for a reader
     # compact: an indented dump runs json's pure-Python encoder (a tenth of a small model's round trip);
-    # the content hash is of these bytes as written (no canonical re-dump on save or load)
-    text = seal(meta, _key(create=True))
+    # the content hash is of these bytes as written (no canonical re-dump on save or load). The text is
+    # that of one dump of {**head, "schema": schema.to_dict(), **tail}, the schema's part reused from the
+    # schema's last save (:func:`_schema_json`)
+    core = f'{_dumps(head)[:-1]},"schema":{_schema_json(schema)},{_dumps(tail)[1:]}'
+    text = _seal_text(core, _key(create=True))
     # built in memory, written with one call
     return write_bytes(path, b"".join([_HEAD.pack(_PREFIX, FORMAT_VERSION, len(text)), text, *members.values()]))
 
@@ -895,7 +970,7 @@ def _members(path: Path, meta: dict, buffer: memoryview) -> dict:
 def schema_differences(saved, expected) -> list[str]:
     """What differs between the schema recorded in a file (a :class:`Schema` or its dict) and ``expected``
     (empty: the same structure)."""
-    have = saved if isinstance(saved, Schema) else Schema.from_dict(saved)
+    have = saved if isinstance(saved, Schema) else _schema_from_dict(saved)
     if have.same_structure(expected):
         return []
     out = []
@@ -935,7 +1010,7 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
         if not isinstance(saved, dict):
             raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
         try:
-            saved = Schema.from_dict(saved)
+            saved = _schema_from_dict(saved)
         except MlsimkitError as exc:
             raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
         diff = schema_differences(saved, schema)
