@@ -423,6 +423,38 @@ def test_schema_is_stored_once_and_shared(small, tmp_path):
         mf._Decoder({}, tmp_path / "x.zip").dec(tree)
 
 
+def test_schemas_reused_within_a_process_stay_exact_and_separate(small, tmp_path):
+    """The schema's JSON text is reused between saves only while the schema object is unchanged, and the
+    schema validated on load only for the exact text it was built from; every load has its own object."""
+    import dataclasses
+
+    gen = SchoolBootstrap().fit(small)
+    gen.schema_ = mf._schema_from_dict(small.schema.to_dict(), small.schema.source)  # a schema of its own
+    path = gen.save(tmp_path / "a.mlsim")
+    first, second = load(path), load(path)
+    assert first.schema_ == second.schema_ == small.schema and first.schema_ is not second.schema_
+    assert first.schema_.tables is not second.schema_.tables
+    assert first.schema_.tables["schools"].columns is not second.schema_.tables["schools"].columns
+    first.schema_.tables["schools"].columns.pop("Size")  # (an in-place change of one load's schema)
+    assert load(path).schema_ == small.schema
+    # the generator's schema changed in place after a save: the next save writes the change
+    cols = gen.schema_.tables["schools"].columns
+    cols["Size"] = dataclasses.replace(cols["Size"], description="changed")
+    gen.save(path)
+    assert mf.read_metadata(path)["schema"]["tables"]["schools"]["columns"]["Size"]["description"] == "changed"
+    assert load(path).schema_.column("Size").description == "changed"
+
+    def levels(values):
+        def edit(meta):
+            meta["schema"]["tables"]["schools"]["columns"]["HIMINTY"]["levels"] = values
+        return edit
+
+    ints = _rewrite(path, tmp_path / "ints.mlsim", meta_edit=levels([0, 1]))
+    assert load(ints).schema_.column("HIMINTY").levels == ("0", "1")  # now cached
+    floats = _rewrite(path, tmp_path / "floats.mlsim", meta_edit=levels([0.0, 1.0]))  # == the cached dict
+    assert load(floats).schema_.column("HIMINTY").levels == ("0.0", "1.0")
+
+
 # ---------------------------------------------------------------------------- the file layer
 def test_metadata_is_read_without_the_buffer(boot, tmp_path):
     path = boot.save(tmp_path / "boot.zip")
