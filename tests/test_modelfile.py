@@ -278,6 +278,9 @@ def test_other_format_version(boot, tmp_path):
 @pytest.mark.parametrize("edit, reason", [
     (lambda rec: rec.__setitem__(2, "|O"), "not \\[offset, length, plain dtype, shape\\]"),   # an object array
     (lambda rec: rec.__setitem__(2, "nonsense"), "not \\[offset, length, plain dtype, shape\\]"),
+    (lambda rec: rec.__setitem__(3, [float(n) for n in rec[3]]), "not \\[offset, length, plain dtype, shape\\]"),
+    (lambda rec: rec.__setitem__(0, False), "not \\[offset, length, plain dtype, shape\\]"),  # not an int
+    (lambda rec: rec.__setitem__(3, {}), "not \\[offset, length, plain dtype, shape\\]"),
     (lambda rec: rec.__setitem__(1, -1), "whose length does not match"),
     (lambda rec: rec.__setitem__(0, 10**9), "beyond the end of arrays.bin"),
     (lambda rec: (rec.__setitem__(3, [10**6]), rec.__setitem__(1, 8 * 10**6)), "beyond the end of arrays.bin"),
