@@ -405,12 +405,18 @@ class _Encoder:
             # a JSON object of its own when its keys are strings and the first is not a tag (the decoder
             # looks at the first key only); others as a tagged list of pairs
             if not obj or (_STR.issuperset(map(type, obj)) and next(iter(obj))[:2] != "__"):
+                if _PLAIN.issuperset(map(type, obj.values())):  # itself: the tree is dumped at once
+                    return obj
                 return {k: v if type(v) in _PLAIN else self.enc(v, (where, k)) for k, v in obj.items()}
             return {"__dict__": [[k if type(k) in _PLAIN else self.enc(k, where),
                                   v if type(v) in _PLAIN else self.enc(v, (where, k))] for k, v in obj.items()]}
         if t is list:
+            if _PLAIN.issuperset(map(type, obj)):  # (one C pass; e.g. a list of names)
+                return obj
             return [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]
         if t is tuple:
+            if _PLAIN.issuperset(map(type, obj)):
+                return {"__tuple__": obj}  # (json writes a tuple as a list)
             return {"__tuple__": [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]}
         if t is np.ndarray:
             return self.ndarray(obj, where)
@@ -599,6 +605,8 @@ class _Decoder:
         if type(x) in _JSON_SCALARS:
             return x
         if type(x) is list:
+            if _JSON_SCALARS.issuperset(map(type, x)):  # itself: the parsed tree is not used elsewhere
+                return x
             return [v if type(v) in _JSON_SCALARS else self.dec(v) for v in x]
         if type(x) is not dict:
             raise self.bad(f"unexpected value {type(x).__name__}")
@@ -606,6 +614,8 @@ class _Decoder:
             return {}
         tag = next(iter(x))
         if tag[:2] != "__":  # a dict with string keys (the encoder tags every other record)
+            if _JSON_SCALARS.issuperset(map(type, x.values())):
+                return x
             return {k: v if type(v) in _JSON_SCALARS else self.dec(v) for k, v in x.items()}
         if tag == "__dict__":
             return {k if type(k) in _JSON_SCALARS else self.dec(k): v if type(v) in _JSON_SCALARS else self.dec(v)
@@ -621,6 +631,9 @@ class _Decoder:
             a = self._array(x[tag])
             return a.astype(object) if x.get("object") else a
         if tag == "__tuple__":
+            v = x[tag]
+            if type(v) is list and _JSON_SCALARS.issuperset(map(type, v)):
+                return tuple(v)
             return tuple([v if type(v) in _JSON_SCALARS else self.dec(v) for v in x[tag]])
         if tag == "__scalar__":
             dt = np.dtype(x[tag])
