@@ -512,6 +512,10 @@ def test_write_bytes_is_atomic(tmp_path):
     from mlsimkit.io import write_bytes
 
     target = tmp_path / "sub" / "f.bin"
+    deeper = tmp_path / "a" / "b" / "g.bin"  # missing folders are created; any C-contiguous buffer is written
+    assert write_bytes(deeper, np.arange(3, dtype="<i8")) == deeper and deeper.read_bytes() == np.arange(3).astype("<i8").tobytes()
+    if os.name == "posix":
+        assert deeper.stat().st_mode & 0o777 == 0o600
     assert write_bytes(target, b"one") == target and target.read_bytes() == b"one"
 
     class Boom:  # a bytes-like whose write fails midway
