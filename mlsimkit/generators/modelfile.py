@@ -196,7 +196,8 @@ def _existing_parent(path: Path) -> Path:
     return path.parent
 
 
-#: the key read in this process, by the identity of its file (path, device, inode, size, mtime, owner)
+#: the key read in this process, by the identity of its file (path, type and mode, device, inode, size, mtime,
+#: owner)
 _KEYS: dict[tuple, bytes] = {}
 
 
@@ -205,7 +206,7 @@ def _key_ident(path: Path) -> tuple | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
+    return (str(path), st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
 
 
 def _key(create: bool) -> bytes | None:
@@ -213,7 +214,13 @@ def _key(create: bool) -> bytes | None:
     (files are then unsigned, and a CTGAN model needs ``trust=True``). A key read before is reused while
     its file stats the same (one ``stat``: on a slow file system the checks of the folder cost more than
     a small model's save); a file that changed, moved or is new is checked and read again."""
-    path = key_file()
+    env = os.environ.get("MLSIMKIT_MODEL_KEY")
+    # a key read before, at the place key_file() names first (one stat; ``ident`` is that of a file read
+    # as a key, so a folder or another file there now does not match)
+    ident = _key_ident(Path(env) if env else _home_key(os.path.expanduser("~")))
+    if ident is not None and ident in _KEYS:
+        return _KEYS[ident]
+    path = key_file()  # (e.g. the fallback in the temp dir)
     ident = _key_ident(path)
     if ident is not None and ident in _KEYS:
         return _KEYS[ident]
@@ -891,9 +898,13 @@ def _read_file(path: Path) -> tuple[bytes, memoryview]:
     """The bytes of ``metadata.json`` and the buffer of the file at ``path``: the prefix, the format version
     and the metadata's length are checked (against the cap and the file's length) before the rest is
     read, with one call."""
-    if not path.is_file():
-        raise MlsimkitError(f"file '{path}': saved generator not found")
-    with open(path, "rb") as fh:
+    try:  # (no stat before: open says whether it is there)
+        fh = open(path, "rb")
+    except OSError:
+        if not os.path.isfile(path):
+            raise MlsimkitError(f"file '{path}': saved generator not found") from None
+        raise
+    with fh:
         head = fh.read(_HEAD.size)
         if head[:len(_PREFIX)] != _PREFIX:
             raise _refuse_old(path, head)
