@@ -27,8 +27,9 @@ named ``.zip``) laid out as a safetensors file is:
     from the allow-list, constructor arguments and a state dict), objects of the allow-listed classes
     :data:`OBJECT_CLASSES` (restored by setting their attributes, never by calling anything named in the
     file), and ``{"__schema__": <source>}`` for the schema of the metadata (stored once; rebuilt by
-    :meth:`Schema.from_dict`, which validates it). Parsing it runs no code; it is decoded only after every
-    check below. (Format version 4 had it in a member ``state.json`` and the schema a second time in it.)
+    :meth:`Schema.from_dict`, which validates it: once per process for each exact JSON text of a schema,
+    a later file with that text getting its own copy of the schema built then). Parsing it runs no code;
+    it is decoded only after every check below. (Format version 4 had it in a member ``state.json`` and the schema a second time in it.)
 ``arrays.bin``
     Every numerical array and tensor (and every array of strings) as raw bytes, one after the other (each
     starting at a multiple of 16 bytes); the state records each one as ``[offset, length, dtype, shape]``
