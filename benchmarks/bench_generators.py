@@ -64,7 +64,8 @@ the clavaddpm and ctgan rows from the first run, before those cuts, whose other 
 above) bootstrap 0.0042 / 0.0044 / 0.0032 / 0.0022, ratio 1.59; its pool 1.21; parametric 0.0007 / 0.0005
 / 0.0004 / 0.0002, ratio 2.09; its pool 1.05. Another run of that code gave 1.67 / 1.13 / 1.96 / 1.07 /
 1.36 / 1.08 / 1.11 / 1.26 in the same order (the two runs' parametric ratios 2.09 and 1.96: median 2.03).
-Every model but the smallest cost 1.0-1.7 times pickle's round trip then; after the cuts, every one does. Format version 3 wrote one ``.npy`` member per array (bootstrap 6.7,
+Every model but the smallest cost 1.0-1.7 times pickle's round trip then (after the cuts, every one
+remeasured does). Format version 3 wrote one ``.npy`` member per array (bootstrap 6.7,
 pools up to 2.1 times pickle); version 4 put the arrays in one raw member read with ``numpy.frombuffer``;
 issue 16 cut the fixed cost, version 5 the format's (the parametric file is 6.4 KB, from 11 KB: its schema
 was stored twice), and version 6 the zip container. The parametric model was then at about 2x: its round
