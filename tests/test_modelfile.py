@@ -278,6 +278,9 @@ def test_other_format_version(boot, tmp_path):
 @pytest.mark.parametrize("edit, reason", [
     (lambda rec: rec.__setitem__(2, "|O"), "not \\[offset, length, plain dtype, shape\\]"),   # an object array
     (lambda rec: rec.__setitem__(2, "nonsense"), "not \\[offset, length, plain dtype, shape\\]"),
+    (lambda rec: rec.__setitem__(3, [float(n) for n in rec[3]]), "not \\[offset, length, plain dtype, shape\\]"),
+    (lambda rec: rec.__setitem__(0, False), "not \\[offset, length, plain dtype, shape\\]"),  # not an int
+    (lambda rec: rec.__setitem__(3, {}), "not \\[offset, length, plain dtype, shape\\]"),
     (lambda rec: rec.__setitem__(1, -1), "whose length does not match"),
     (lambda rec: rec.__setitem__(0, 10**9), "beyond the end of arrays.bin"),
     (lambda rec: (rec.__setitem__(3, [10**6]), rec.__setitem__(1, 8 * 10**6)), "beyond the end of arrays.bin"),
@@ -423,6 +426,38 @@ def test_schema_is_stored_once_and_shared(small, tmp_path):
         mf._Decoder({}, tmp_path / "x.zip").dec(tree)
 
 
+def test_schemas_reused_within_a_process_stay_exact_and_separate(small, tmp_path):
+    """The schema's JSON text is reused between saves only while the schema object is unchanged, and the
+    schema validated on load only for the exact text it was built from; every load has its own object."""
+    import dataclasses
+
+    gen = SchoolBootstrap().fit(small)
+    gen.schema_ = mf._schema_from_dict(small.schema.to_dict(), small.schema.source)  # a schema of its own
+    path = gen.save(tmp_path / "a.mlsim")
+    first, second = load(path), load(path)
+    assert first.schema_ == second.schema_ == small.schema and first.schema_ is not second.schema_
+    assert first.schema_.tables is not second.schema_.tables
+    assert first.schema_.tables["schools"].columns is not second.schema_.tables["schools"].columns
+    first.schema_.tables["schools"].columns.pop("Size")  # (an in-place change of one load's schema)
+    assert load(path).schema_ == small.schema
+    # the generator's schema changed in place after a save: the next save writes the change
+    cols = gen.schema_.tables["schools"].columns
+    cols["Size"] = dataclasses.replace(cols["Size"], description="changed")
+    gen.save(path)
+    assert mf.read_metadata(path)["schema"]["tables"]["schools"]["columns"]["Size"]["description"] == "changed"
+    assert load(path).schema_.column("Size").description == "changed"
+
+    def levels(values):
+        def edit(meta):
+            meta["schema"]["tables"]["schools"]["columns"]["HIMINTY"]["levels"] = values
+        return edit
+
+    ints = _rewrite(path, tmp_path / "ints.mlsim", meta_edit=levels([0, 1]))
+    assert load(ints).schema_.column("HIMINTY").levels == ("0", "1")  # now cached
+    floats = _rewrite(path, tmp_path / "floats.mlsim", meta_edit=levels([0.0, 1.0]))  # == the cached dict
+    assert load(floats).schema_.column("HIMINTY").levels == ("0.0", "1.0")
+
+
 # ---------------------------------------------------------------------------- the file layer
 def test_metadata_is_read_without_the_buffer(boot, tmp_path):
     path = boot.save(tmp_path / "boot.zip")
@@ -477,6 +512,10 @@ def test_write_bytes_is_atomic(tmp_path):
     from mlsimkit.io import write_bytes
 
     target = tmp_path / "sub" / "f.bin"
+    deeper = tmp_path / "a" / "b" / "g.bin"  # missing folders are created; any C-contiguous buffer is written
+    assert write_bytes(deeper, np.arange(3, dtype="<i8")) == deeper and deeper.read_bytes() == np.arange(3).astype("<i8").tobytes()
+    if os.name == "posix":
+        assert deeper.stat().st_mode & 0o777 == 0o600
     assert write_bytes(target, b"one") == target and target.read_bytes() == b"one"
 
     class Boom:  # a bytes-like whose write fails midway

@@ -27,8 +27,9 @@ named ``.zip``) laid out as a safetensors file is:
     from the allow-list, constructor arguments and a state dict), objects of the allow-listed classes
     :data:`OBJECT_CLASSES` (restored by setting their attributes, never by calling anything named in the
     file), and ``{"__schema__": <source>}`` for the schema of the metadata (stored once; rebuilt by
-    :meth:`Schema.from_dict`, which validates it). Parsing it runs no code; it is decoded only after every
-    check below. (Format version 4 had it in a member ``state.json`` and the schema a second time in it.)
+    :meth:`Schema.from_dict`, which validates it: once per process for each exact JSON text of a schema,
+    a later file with that text getting its own copy of the schema built then). Parsing it runs no code;
+    it is decoded only after every check below. (Format version 4 had it in a member ``state.json`` and the schema a second time in it.)
 ``arrays.bin``
     Every numerical array and tensor (and every array of strings) as raw bytes, one after the other (each
     starting at a multiple of 16 bytes); the state records each one as ``[offset, length, dtype, shape]``
@@ -77,6 +78,7 @@ import hmac
 import io
 import json
 import math
+import operator
 import os
 import pickle
 import pickletools
@@ -91,7 +93,7 @@ import pandas as pd
 
 from ..errors import FormatVersionError, MlsimkitError
 from ..io import write_bytes
-from ..schema import Schema
+from ..schema import Schema, Table
 
 #: 6: one file (prefix, version, metadata length, metadata.json, buffer) instead of a zip archive; member
 #: records [offset, length], array records [offset, length, dtype, shape].
@@ -195,7 +197,8 @@ def _existing_parent(path: Path) -> Path:
     return path.parent
 
 
-#: the key read in this process, by the identity of its file (path, device, inode, size, mtime, owner)
+#: the key read in this process, by the identity of its file (path, type and mode, device, inode, size, mtime,
+#: owner)
 _KEYS: dict[tuple, bytes] = {}
 
 
@@ -204,7 +207,7 @@ def _key_ident(path: Path) -> tuple | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
+    return (str(path), st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
 
 
 def _key(create: bool) -> bytes | None:
@@ -212,7 +215,13 @@ def _key(create: bool) -> bytes | None:
     (files are then unsigned, and a CTGAN model needs ``trust=True``). A key read before is reused while
     its file stats the same (one ``stat``: on a slow file system the checks of the folder cost more than
     a small model's save); a file that changed, moved or is new is checked and read again."""
-    path = key_file()
+    env = os.environ.get("MLSIMKIT_MODEL_KEY")
+    # a key read before, at the place key_file() names first (one stat; ``ident`` is that of a file read
+    # as a key, so a folder or another file there now does not match)
+    ident = _key_ident(Path(env) if env else _home_key(os.path.expanduser("~")))
+    if ident is not None and ident in _KEYS:
+        return _KEYS[ident]
+    path = key_file()  # (e.g. the fallback in the temp dir)
     ident = _key_ident(path)
     if ident is not None and ident in _KEYS:
         return _KEYS[ident]
@@ -241,6 +250,75 @@ def _key(create: bool) -> bytes | None:
 
 def _sign(content: str, key: bytes | None) -> str | None:
     return None if key is None else hmac.digest(key, content.encode(), "sha256").hex()
+
+
+# ============================================================================ schemas
+#: schemas :meth:`Schema.from_dict` built and validated in this process, by the exact JSON text of their dict
+#: (:func:`_dumps`: ``1``, ``1.0`` and ``true`` differ there, as they may in what ``from_dict`` makes of them)
+_SCHEMAS: dict[str, Schema] = {}
+#: the JSON text of a schema's dict, by the schema's ``id`` (the schema, its parts and the text)
+_SCHEMA_TEXTS: dict[int, tuple] = {}
+_CACHED = 16
+
+
+def _schema_parts(schema: Schema) -> list:
+    """What :meth:`Schema.to_dict` reads from ``schema``: its fields, its dict of tables and, in order, each
+    table and its (frozen) columns; compared by identity (:func:`_same_parts`), so a schema whose dicts
+    were changed in place (it is frozen otherwise) counts as another."""
+    parts = [schema.name, schema.missing, schema.extra_columns, schema.join_as_one, schema.description,
+             schema.obtain, schema.tables]
+    for t in schema.tables.values():
+        parts.append(t)
+        parts.extend(t.columns.values())
+    return parts
+
+
+def _same_parts(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+def _schema_json(schema: Schema | None) -> str:
+    """The compact JSON text of ``schema.to_dict()`` ("null" for None), reused while the same schema object
+    holds the same parts (:func:`_schema_parts`; building and dumping the dict is a tenth of a small
+    model's save)."""
+    if schema is None:
+        return "null"
+    hit = _SCHEMA_TEXTS.get(id(schema))
+    parts = _schema_parts(schema)
+    if hit is not None and hit[0] is schema and _same_parts(hit[1], parts):
+        return hit[2]
+    text = _dumps(schema.to_dict())
+    if len(_SCHEMA_TEXTS) >= _CACHED:
+        _SCHEMA_TEXTS.clear()
+    # (the schema and its parts are kept: no id is reused while the entry lives)
+    _SCHEMA_TEXTS[id(schema)] = (schema, parts, text)
+    return text
+
+
+def _schema_from_dict(spec, source: str | None = None) -> Schema:
+    """``Schema.from_dict(spec, source=source)``, validated once per distinct JSON text of ``spec`` in this
+    process; every call returns its own schema object (own dicts of tables and columns; the columns and
+    the tables' other fields are immutable and shared)."""
+    try:
+        key = _dumps(spec)
+    except (TypeError, ValueError):  # not a JSON tree (a caller's mapping): not cached
+        return Schema.from_dict(spec, source=source)
+    have = _SCHEMAS.get(key)
+    if have is None:
+        have = Schema.from_dict(spec, source=source)  # (its errors name the source)
+        if len(_SCHEMAS) >= _CACHED:
+            _SCHEMAS.clear()
+        _SCHEMAS[key] = have
+    out = Schema.__new__(Schema)
+    out.__dict__.update(have.__dict__)
+    tables = {}
+    for name, t in have.tables.items():
+        table = tables[name] = Table.__new__(Table)
+        table.__dict__.update(t.__dict__)
+        table.__dict__["columns"] = dict(t.columns)
+    out.__dict__["tables"] = tables
+    out.__dict__["source"] = source
+    return out
 
 
 # ============================================================================ encoding
@@ -335,12 +413,18 @@ class _Encoder:
             # a JSON object of its own when its keys are strings and the first is not a tag (the decoder
             # looks at the first key only); others as a tagged list of pairs
             if not obj or (_STR.issuperset(map(type, obj)) and next(iter(obj))[:2] != "__"):
+                if _PLAIN.issuperset(map(type, obj.values())):  # itself: the tree is dumped at once
+                    return obj
                 return {k: v if type(v) in _PLAIN else self.enc(v, (where, k)) for k, v in obj.items()}
             return {"__dict__": [[k if type(k) in _PLAIN else self.enc(k, where),
                                   v if type(v) in _PLAIN else self.enc(v, (where, k))] for k, v in obj.items()]}
         if t is list:
+            if _PLAIN.issuperset(map(type, obj)):  # (one C pass; e.g. a list of names)
+                return obj
             return [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]
         if t is tuple:
+            if _PLAIN.issuperset(map(type, obj)):
+                return {"__tuple__": obj}  # (json writes a tuple as a list)
             return {"__tuple__": [v if type(v) in _PLAIN else self.enc(v, (where, i)) for i, v in enumerate(obj)]}
         if t is np.ndarray:
             return self.ndarray(obj, where)
@@ -456,7 +540,7 @@ class _Decoder:
             if not isinstance(self.schema, dict):
                 raise self.bad("a schema reference, and no schema in its metadata")
             try:  # built with the first reference's source (no copy for it)
-                self.schema = Schema.from_dict(self.schema, source=source)
+                self.schema = _schema_from_dict(self.schema, source=source)
             except MlsimkitError as exc:
                 raise self.bad(f"unreadable schema: {exc}") from None
         out = self.schema if self.schema.source == source else dataclasses.replace(self.schema, source=source)
@@ -470,30 +554,38 @@ class _Decoder:
 
     def _array(self, spec) -> np.ndarray:
         """The array recorded as ``[offset, length, dtype, shape]`` in ``arrays.bin`` (bounds, length, dtype
-        and overlap with the arrays read before checked before any byte is read)."""
+        and overlap with the arrays read before checked before any byte is read; offset, length and the
+        dimensions must be JSON integers, not booleans or floats)."""
         try:
             offset, length, dtype, shape = spec
             dt = _plain_dtype(dtype)
-            shape = tuple([int(n) for n in shape])
-            ok = (type(offset) is int and type(length) is int and offset >= 0 and dt is not None
-                  and all(n >= 0 for n in shape))
         except (TypeError, ValueError):
-            ok = False
-        if not ok:
+            dt = None
+        count = 1
+        if dt is not None and type(offset) is int and type(length) is int and offset >= 0 and type(shape) is list:
+            for n in shape:
+                if type(n) is not int or n < 0:
+                    dt = None
+                    break
+                count *= n
+        else:
+            dt = None
+        if dt is None:
             raise self.bad(f"an array record that is not [offset, length, plain dtype, shape]: {spec!r}")
         blob = self._member(_ARRAYS)
-        count = math.prod(shape)
         if length != count * dt.itemsize:
             raise self.bad(f"an array record whose length does not match its dtype and shape: {spec!r}")
-        if offset + length > len(blob):
+        end = offset + length
+        if end > len(blob):
             raise self.bad(f"an array record beyond the end of {_ARRAYS}")
         if length:
             spans = self.spans
-            i = bisect.bisect(spans, (offset, offset + length))
-            if (i and spans[i - 1][1] > offset) or (i < len(spans) and spans[i][0] < offset + length):
+            i = bisect.bisect(spans, (offset, end))
+            if (i and spans[i - 1][1] > offset) or (i < len(spans) and spans[i][0] < end):
                 raise self.bad(f"an array record overlapping another one: {spec!r}")
-            spans.insert(i, (offset, offset + length))
-        return np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape).copy()
+            spans.insert(i, (offset, end))
+        # one constructor on the checked slice (frombuffer + reshape cost a third more), then an own copy
+        return np.ndarray(shape, dt, buffer=blob, offset=offset).copy()
 
     def values(self, spec):
         if "__categorical__" in spec:
@@ -521,6 +613,8 @@ class _Decoder:
         if type(x) in _JSON_SCALARS:
             return x
         if type(x) is list:
+            if _JSON_SCALARS.issuperset(map(type, x)):  # itself: the parsed tree is not used elsewhere
+                return x
             return [v if type(v) in _JSON_SCALARS else self.dec(v) for v in x]
         if type(x) is not dict:
             raise self.bad(f"unexpected value {type(x).__name__}")
@@ -528,6 +622,8 @@ class _Decoder:
             return {}
         tag = next(iter(x))
         if tag[:2] != "__":  # a dict with string keys (the encoder tags every other record)
+            if _JSON_SCALARS.issuperset(map(type, x.values())):
+                return x
             return {k: v if type(v) in _JSON_SCALARS else self.dec(v) for k, v in x.items()}
         if tag == "__dict__":
             return {k if type(k) in _JSON_SCALARS else self.dec(k): v if type(v) in _JSON_SCALARS else self.dec(v)
@@ -543,6 +639,9 @@ class _Decoder:
             a = self._array(x[tag])
             return a.astype(object) if x.get("object") else a
         if tag == "__tuple__":
+            v = x[tag]
+            if type(v) is list and _JSON_SCALARS.issuperset(map(type, v)):
+                return tuple(v)
             return tuple([v if type(v) in _JSON_SCALARS else self.dec(v) for v in x[tag]])
         if tag == "__scalar__":
             dt = np.dtype(x[tag])
@@ -681,7 +780,11 @@ def seal(meta: dict, key: bytes | None) -> bytes:
     """The bytes of ``metadata.json`` for the metadata ``meta`` (without ``content_sha256`` and
     ``signature``): its compact JSON text, whose SHA-256 is the content hash, with the hash and its
     signature under ``key`` (None: unsigned) appended as the last two keys."""
-    core = _dumps(meta)
+    return _seal_text(_dumps(meta), key)
+
+
+def _seal_text(core: str, key: bytes | None) -> bytes:
+    """:func:`seal` for the compact JSON text ``core`` of the metadata."""
     content = hashlib.sha256(core.encode()).hexdigest()
     return (core[:-1] + _trailer(content, _sign(content, key))).encode()
 
@@ -722,16 +825,17 @@ def write(gen, path: str | Path) -> Path:
     for name, data in members.items():
         records[name] = [offset, len(data)]
         offset += len(data)
-    meta = {
-        "magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
-        "settings": _plain(gen.get_params()), "schema": None if schema is None else schema.to_dict(),
-        "training": _training(gen), "requires_trust": any(m.startswith("pickle/") for m in members),
-        "members": records, "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
-        "state": state,  # last: the keys above stay at the top for a reader
-    }
+    head = {"magic": MAGIC, "format_version": FORMAT_VERSION, "mlsimkit": __version__, "class": short,
+            "settings": _plain(gen.get_params())}
+    tail = {"training": _training(gen), "requires_trust": any(m.startswith("pickle/") for m in members),
+            "members": records, "entries": {m: hashlib.sha256(b).hexdigest() for m, b in members.items()},
+            "state": state}  # last: the keys above stay at the top for a reader
     # compact: an indented dump runs json's pure-Python encoder (a tenth of a small model's round trip);
-    # the content hash is of these bytes as written (no canonical re-dump on save or load)
-    text = seal(meta, _key(create=True))
+    # the content hash is of these bytes as written (no canonical re-dump on save or load). The text is
+    # that of one dump of {**head, "schema": schema.to_dict(), **tail}, the schema's part reused from the
+    # schema's last save (:func:`_schema_json`)
+    core = f'{_dumps(head)[:-1]},"schema":{_schema_json(schema)},{_dumps(tail)[1:]}'
+    text = _seal_text(core, _key(create=True))
     # built in memory, written with one call
     return write_bytes(path, b"".join([_HEAD.pack(_PREFIX, FORMAT_VERSION, len(text)), text, *members.values()]))
 
@@ -795,9 +899,13 @@ def _read_file(path: Path) -> tuple[bytes, memoryview]:
     """The bytes of ``metadata.json`` and the buffer of the file at ``path``: the prefix, the format version
     and the metadata's length are checked (against the cap and the file's length) before the rest is
     read, with one call."""
-    if not path.is_file():
-        raise MlsimkitError(f"file '{path}': saved generator not found")
-    with open(path, "rb") as fh:
+    try:  # (no stat before: open says whether it is there)
+        fh = open(path, "rb")
+    except OSError:
+        if not os.path.isfile(path):
+            raise MlsimkitError(f"file '{path}': saved generator not found") from None
+        raise
+    with fh:
         head = fh.read(_HEAD.size)
         if head[:len(_PREFIX)] != _PREFIX:
             raise _refuse_old(path, head)
@@ -895,7 +1003,7 @@ def _members(path: Path, meta: dict, buffer: memoryview) -> dict:
 def schema_differences(saved, expected) -> list[str]:
     """What differs between the schema recorded in a file (a :class:`Schema` or its dict) and ``expected``
     (empty: the same structure)."""
-    have = saved if isinstance(saved, Schema) else Schema.from_dict(saved)
+    have = saved if isinstance(saved, Schema) else _schema_from_dict(saved)
     if have.same_structure(expected):
         return []
     out = []
@@ -935,7 +1043,7 @@ def read(path: str | Path, *, schema=None, trust: bool = False):
         if not isinstance(saved, dict):
             raise FormatVersionError(f"file '{path}': records no schema; expected schema '{schema.name}'")
         try:
-            saved = Schema.from_dict(saved)
+            saved = _schema_from_dict(saved)
         except MlsimkitError as exc:
             raise FormatVersionError(f"file '{path}': damaged saved generator, unreadable schema ({exc})") from None
         diff = schema_differences(saved, schema)
