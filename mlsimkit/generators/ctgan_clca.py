@@ -458,7 +458,8 @@ def _inverse_transform(transformer, data: np.ndarray, skip: str | None = None) -
             names.append(info.column_name)
         st += dim
     dtypes = transformer._column_raw_dtypes
-    out = pd.DataFrame(np.column_stack(cols), columns=names).astype(dtypes.drop(skip) if skip in dtypes.index else dtypes)
+    out = pd.DataFrame(np.column_stack(cols), columns=names)
+    out = out.astype(dtypes.drop(skip) if skip in dtypes.index else dtypes)
     if not transformer.dataframe:
         out = out.to_numpy()
     return out
