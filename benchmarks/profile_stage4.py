@@ -14,6 +14,35 @@ Prints, per source, the wall time per replication and the cumulative time of: ge
 generator's ``sample``), the mixed-model fits (``fit_lmm``: of which ``prepare``, the optimiser and the
 Satterthwaite degrees of freedom), OLS / OLSFE, building the design matrices and the engine's shard table.
 Not a pass/fail test; timings depend on how busy the machine is.
+
+Measured 2026-12-03 (issue 15; 2 CPU cores, machine shared with other jobs, default-profile models of
+hsb-prediction, ``--reps 4``; means over n_schools 10/25/50/100/300, whose 300-school condition dominates)
+
+* Where the time goes. clavaddpm 256 ms per replication, of which ``sample`` 230 (90%); ctgan 340 ms,
+  ``sample`` 309 (91%); traditional 32 ms, generate 6.5 (``sample`` 3.9, hold-out choice 2.1), the mixed-model
+  fits 14.5. ``sample`` per call (medians): clavaddpm 60 / 96 / 164 / 316 / 729 ms and ctgan 70 / 119 / 165 /
+  282 / 785 ms at 10 / 25 / 50 / 100 / 300 schools, i.e. about 40 ms fixed per call plus 2.3-2.4 ms per school:
+  the fixed part is 13-16% of the generation time summed over the five sizes, the rest grows with the rows.
+  Loading a model costs 4.4 s (clavaddpm) and 2.0 s (ctgan) once per worker process (already cached).
+  clavaddpm at 300 schools (0.79 s): the 25 guided DDIM steps over the students (denoiser ``infer`` 0.40 s,
+  classifier gradient 0.32 s, of which ``torch.softmax`` 0.10 s), ids 15 ms, threadpoolctl 5 ms, decoding and
+  recomposition 20 ms. ctgan at 300 schools (1.09 s): CP-SAT 0.26 s (two categorical school variables), the
+  network 0.23 s, Gumbel activations 0.23 s (half of it the exponential draws, two thirds of them for the
+  discarded 160-category school column), ctgan's inverse transform 0.18 s.
+* Changed (numbers unchanged, tested): ``torch_threads`` reuses one threadpoolctl controller (5 ms -> 0.04 ms
+  per call); ``make_ids`` slices a cached array (traditional ``sample`` 2.0 -> 0.6 ms mean, 5.6 -> 1.2 ms at
+  300 schools); CTGAN no longer decodes the school column it discards (inverse transform of 13,500 rows
+  154 -> 107 ms); ``load_generator`` also reloads a model whose file changed.
+* Before / after with this script on the shared machine (load 1.2-1.6 both times): clavaddpm 612 / 640,
+  ctgan 747 / 716, traditional 45 / 42 ms per replication: for the neural sources within the machine's noise
+  (the same ``before`` run measured 256 and 340 ms on a quieter machine an hour earlier). An in-process A/B
+  alternating old and new call by call saves 2-7% of ``sample`` (two runs; clavaddpm and ctgan alike).
+* Not done: sampling several replications in one batched call would save at most the fixed 13-16%, and rows of
+  different replications would then share matrix products and vectorised kernels, whose rounding may depend
+  on the batch's shape, so a replication's numbers could depend on the block size. Drawing the school column's
+  Gumbel noise without transforming it (to keep the stream) saved nothing measurable. The remaining levers
+  change the numbers: fewer DDIM steps, a cheaper softmax in the classifier gradient, not generating CTGAN's
+  school column at all (its noise shifts every later column's stream), or a specialised CLCA solver.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ Demonstration 2 — parameter recovery (objective ``recovery``)
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -95,17 +96,35 @@ def _spec(spec, which: int):
 
 
 # ===================================================================== generators from files
-_GENERATORS: dict[str, Any] = {}
+#: resolved path -> (file identity, generator): one loaded generator per file and process
+_GENERATORS: dict[str, tuple] = {}
+
+
+def _file_identity(path: str) -> tuple:
+    """What tells a rewritten file from the one loaded: size, modification time (ns) and inode. Saving
+    writes a new file and renames it over the old one (atomically), so a new model always gets a new
+    inode; a stat costs microseconds, where hashing the file would cost milliseconds per replication."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def load_generator(path: str | Path):
-    """A saved generator, loaded once per process (workers reuse it across replications)."""
+    """A saved generator, loaded once per process: workers reuse it across replications (loading costs
+    2-5 s: torch, the networks, CTGAN's transformer), and load it again when the file has changed since
+    (e.g. Stage 2 or 6 retrained it under the same name)."""
     from .generators.base import load
 
     key = str(Path(path).resolve())
-    if key not in _GENERATORS:
-        _GENERATORS[key] = load(key)
-    return _GENERATORS[key]
+    try:
+        ident = _file_identity(key)
+    except OSError:
+        ident = None  # load() below names the missing file
+    hit = _GENERATORS.get(key)
+    if hit is None or ident is None or hit[0] != ident:
+        gen = load(key)
+        _GENERATORS[key] = (ident, gen)
+        return gen
+    return hit[1]
 
 
 def _resolve_generator(generator, generator_path):

@@ -166,3 +166,20 @@ def test_metrics_by_construction_are_exact(gen, real):
     for c in ("Size", "PRACAD", "DISCLIM", "MEANSES"):
         assert within.ks_complement(real.parent[c], syn.parent[c]) == 1.0
     assert gen.metrics_by_construction(real.n_clusters + 1) == {}
+
+
+def test_sampling_skips_decoding_the_school_column_without_changing_the_rows(gen):
+    """``sample_raw`` leaves the generated school column out of the inverse transform (issue 15: it was the
+    dearest column to decode); the other columns equal ctgan's full inverse transform's."""
+    from mlsimkit.generators.ctgan_clca import _inverse_transform
+
+    tr = gen.model_._transformer
+    rng = np.random.default_rng(4)
+    idx, sizes = gen._draw_clusters(9, rng)
+    full = gen._generate(np.repeat(idx, sizes), np.random.default_rng(7))
+    part = gen._generate(np.repeat(idx, sizes), np.random.default_rng(7), keep_key=False)
+    key = gen.layout_.key
+    assert key in full and key not in part
+    pd.testing.assert_frame_equal(full.drop(columns=[key]), part)
+    x = np.random.default_rng(0).normal(size=(40, tr.output_dimensions)).astype(np.float32)
+    pd.testing.assert_frame_equal(tr.inverse_transform(x).drop(columns=[key]), _inverse_transform(tr, x, key))

@@ -47,21 +47,45 @@ def torch_threads(n: int | None):
         yield
         return
     import torch
-    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
-        with threadpool_limits(int(n)):
+        with _threadpools().limit(limits=int(n)):
             yield
     finally:
         torch.set_num_threads(before)
 
 
+_CONTROLLER: list = []
+
+
+def _threadpools():
+    """One ``threadpoolctl.ThreadpoolController`` per process, made on first use (torch and numpy are
+    loaded by then). ``threadpool_limits(n)`` builds a new one on every call, which scans the process's
+    shared libraries: about 5 ms, paid by every ``sample`` call of a simulation."""
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
+
+
+#: ``(prefix, width) -> object array of keys 1..m``: keys are immutable strings, so a prefix of a cached
+#: array is copied (a pointer copy) instead of formatting the same keys again at every replication.
+_IDS: dict = {}
+
+
 def make_ids(prefix: str, n: int) -> np.ndarray:
-    """Fresh text keys ``prefix00001`` ... for synthetic rows."""
+    """Fresh text keys ``prefix00001`` ... for synthetic rows (a new array; the strings are shared)."""
     width = max(4, len(str(n)))
-    return np.array([f"{prefix}{i:0{width}d}" for i in range(1, n + 1)], dtype=object)
+    cached = _IDS.get((prefix, width))
+    if cached is None or cached.size < n:
+        if len(_IDS) > 64:  # many distinct prefixes: keep the cache small
+            _IDS.clear()
+        cached = np.array([f"{prefix}{i:0{width}d}" for i in range(1, n + 1)], dtype=object)
+        _IDS[(prefix, width)] = cached
+    return cached[:n].copy()
 
 
 class Generator:

@@ -280,8 +280,9 @@ class CTGANGenerator(Generator):
             sizes = np.full(n_clusters, int(self.cluster_size), dtype=np.int64)
         return idx, sizes
 
-    def _generate(self, label_idx_rows: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
-        """CTGAN rows conditioned row by row on the given school labels (in the given order)."""
+    def _generate(self, label_idx_rows: np.ndarray, rng: np.random.Generator, *, keep_key: bool = True) -> pd.DataFrame:
+        """CTGAN rows conditioned row by row on the given school labels (in the given order); without
+        the generated school column when ``keep_key`` is False (see :func:`_inverse_transform`)."""
         import torch
 
         model = self.model_
@@ -305,7 +306,7 @@ class CTGANGenerator(Generator):
                     z = torch.normal(mean=torch.zeros(bs, self.embedding_dim), std=1.0)
                     fake = gen(torch.cat([z, c], dim=1))
                     out[start:start + bs] = model._apply_activate(fake).numpy()
-                raw = model._transformer.inverse_transform(out[:n])
+                raw = _inverse_transform(model._transformer, out[:n], None if keep_key else self.layout_.key)
         finally:
             gen.load_state_dict(saved)
         back = np.empty(n, dtype=np.int64)
@@ -320,8 +321,7 @@ class CTGANGenerator(Generator):
         rng = as_rng(seed)
         idx, sizes = self._draw_clusters(n_clusters, rng)
         rows_label = np.repeat(idx, sizes)
-        raw = self._generate(rows_label, rng)
-        raw = raw.drop(columns=[self.layout_.key])
+        raw = self._generate(rows_label, rng, keep_key=False)
         raw["_cluster"] = np.repeat(np.arange(n_clusters), sizes)
         raw["_label"] = self.labels_[rows_label]
         return raw
@@ -435,6 +435,34 @@ class CTGANGenerator(Generator):
                 out[f"KSC@{parent}"] = ("CLCA matches the school-level numerical variables to the real "
                                                   "values (a permutation of them)")
         return out
+
+
+def _inverse_transform(transformer, data: np.ndarray, skip: str | None = None) -> pd.DataFrame:
+    """``ctgan``'s ``DataTransformer.inverse_transform`` (no ``sigmas``), leaving out column ``skip``.
+
+    Sampling discards the generated school column, whose one-hot span (160 of HSB's 233 output columns)
+    made its decoding the dearest part of the inverse transform. The other columns are decoded exactly as
+    ``ctgan`` does (column by column, stacked, cast to the raw dtypes), so the rows are equal to the full
+    inverse transform's without that column (tested)."""
+    if skip is None:
+        return transformer.inverse_transform(data)
+    st, cols, names = 0, [], []
+    for info in transformer._column_transform_info_list:
+        dim = info.output_dimensions
+        if info.column_name != skip:
+            part = data[:, st:st + dim]
+            if info.column_type == "continuous":
+                cols.append(transformer._inverse_transform_continuous(info, part, None, st))
+            else:
+                cols.append(transformer._inverse_transform_discrete(info, part))
+            names.append(info.column_name)
+        st += dim
+    dtypes = transformer._column_raw_dtypes
+    out = pd.DataFrame(np.column_stack(cols), columns=names)
+    out = out.astype(dtypes.drop(skip) if skip in dtypes.index else dtypes)
+    if not transformer.dataframe:
+        out = out.to_numpy()
+    return out
 
 
 def _share_varying(cluster: np.ndarray, values: np.ndarray, J: int) -> float:
