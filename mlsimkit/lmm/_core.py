@@ -478,56 +478,219 @@ def _safe_dev(theta, ss, reml):
         return np.inf
 
 
-def optimize_ri(ss: SuffStats, reml: bool, rel_tol: float = 1e-3) -> OptResult:
-    """Random intercept: one bounded parameter theta >= 0.
+class RIStack:
+    """The random-intercept statistics of K data sets stacked for the batched criterion.
 
-    The vectorised criterion is evaluated in one call on a grid of theta (ICC from 1e-6 to
-    0.9999) that includes the boundary theta = 0.  Around the best grid point the root of the
-    analytic derivative is found by Brent's method (scipy ``brentq``) when the derivative changes
-    sign on the bracket, otherwise the criterion is minimised by bounded Brent.  The boundary value
-    is always compared explicitly: the derivative at theta = 0 is exactly zero, so a
-    gradient-only test could not see a boundary optimum.
+    Groups are padded to the largest m with zero statistics (S_j = 0, Z_j'X_j = 0, Z_j'y_j = 0),
+    which contribute exactly nothing to any sum (log M_j = log 1 = 0), so a padded data set's
+    criterion is its own.  All data sets must have the same number p of fixed effects.
     """
-    grid = _GRID_RI
-    devs, grads = ri_criterion(grid, ss, reml)
-    nfev = grid.size
-    i = int(np.argmin(devs))
-    f = lambda t: ri_scalar(t, ss, reml)[0]  # noqa: E731
-    g = lambda t: ri_scalar(t, ss, reml)[1]  # noqa: E731
-    cands = [(float(devs[0]), 0.0), (float(devs[i]), float(grid[i]))]
-    if i == 0:
-        lo, hi = 0.0, float(grid[1])
-    elif i == grid.size - 1:
-        lo, hi = float(grid[i - 1]), float(grid[i]) * 1e3
+
+    __slots__ = ("S", "C", "XtX", "Xty", "yty", "n", "p", "K")
+
+    def __init__(self, sss):
+        p = sss[0].p
+        if any(ss.p != p or ss.q != 1 for ss in sss):
+            raise ValueError("RIStack needs random-intercept statistics with one p")
+        K = len(sss)
+        mmax = max(ss.m for ss in sss)
+        c = p * p + p + 1
+        self.S = np.zeros((K, mmax))
+        self.C = np.zeros((K, mmax, c))
+        for k, ss in enumerate(sss):
+            S, _, _, _, C = ss.ri()
+            self.S[k, : ss.m] = S
+            self.C[k, : ss.m] = C
+        self.XtX = np.stack([ss.XtX for ss in sss])
+        self.Xty = np.stack([ss.Xty for ss in sss])
+        self.yty = np.array([ss.yty for ss in sss])
+        self.n = np.array([ss.n for ss in sss], dtype=float)
+        self.p, self.K = p, K
+
+
+def ri_criterion_stack(th, st: RIStack, reml: bool, idx=None):
+    """Random-intercept criterion and derivative for K data sets x G thetas at once.
+
+    ``th`` is (K, G) (or (K,) for one theta per data set); ``idx`` selects the data sets of
+    ``st`` the rows of ``th`` belong to.  The algebra is that of :func:`ri_criterion` with a
+    leading data-set axis: one batched matrix product gives every group sum of every data set.
+    Returns (criterion, derivative) of th's shape; +inf / nan where R_X'R_X is not positive
+    definite.
+    """
+    th = np.asarray(th, dtype=float)
+    one = th.ndim == 1
+    if one:
+        th = th[:, None]
+    if idx is None:
+        S, C, XtX, Xty, yty, n = st.S, st.C, st.XtX, st.Xty, st.yty, st.n
     else:
-        lo, hi = float(grid[i - 1]), float(grid[i + 1])
-    t = None
-    if i > 0 and i < grid.size - 1 and grads[i - 1] < 0 < grads[i + 1]:
-        try:
-            t, r = optimize.brentq(g, lo, hi, xtol=1e-14, rtol=1e-13, full_output=True)
-            nfev += r.function_calls
-            cands.append((f(t), float(t)))
-        except (ValueError, RuntimeError):
-            t = None
-    if t is None:
+        S, C, XtX, Xty, yty, n = st.S[idx], st.C[idx], st.XtX[idx], st.Xty[idx], st.yty[idx], st.n[idx]
+    p = st.p
+    pp = p * p
+    K, G = th.shape
+    t2 = th * th
+    M = 1.0 + t2[:, :, None] * S[:, None, :]  # (K, G, m)
+    W = t2[:, :, None] / M
+    D = (2.0 * th)[:, :, None] / (M * M)
+    sw = W @ C  # (K, G, c): sums with w_j
+    sd = D @ C  # sums with dw_j / dtheta
+    A = XtX[:, None] - sw[..., :pp].reshape(K, G, p, p)
+    b = Xty[:, None] - sw[..., pp : pp + p]
+    bad = np.zeros((K, G), dtype=bool)
+    try:
+        R = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        R = np.empty_like(A)
+        for k in range(K):
+            for gi in range(G):
+                try:
+                    R[k, gi] = np.linalg.cholesky(A[k, gi])
+                except np.linalg.LinAlgError:
+                    bad[k, gi] = True
+                    R[k, gi] = np.eye(p)
+                    A[k, gi] = np.eye(p)
+    Ainv = np.linalg.inv(A)
+    beta = np.einsum("kgpr,kgr->kgp", Ainv, b)
+    r2 = np.maximum(yty[:, None] - sw[..., -1] - (b * beta).sum(axis=-1), 1e-300)
+    N = (n - p if reml else n)[:, None]
+    dev = np.log(M).sum(axis=-1) + N * (1.0 + LOG2PI + np.log(r2 / N))
+    dA = -sd[..., :pp].reshape(K, G, p, p)
+    db = -sd[..., pp : pp + p]
+    dr2 = -sd[..., -1] - 2.0 * (beta * db).sum(axis=-1) + np.einsum("kgp,kgpr,kgr->kg", beta, dA, beta)
+    g = (2.0 * th[:, :, None] * S[:, None, :] / M).sum(axis=-1) + N * dr2 / r2
+    if reml:
+        dev = dev + 2.0 * np.log(np.diagonal(R, axis1=2, axis2=3)).sum(axis=-1)
+        g = g + np.einsum("kgpr,kgrp->kg", Ainv, dA)
+    if bad.any():
+        dev[bad] = np.inf
+        g[bad] = np.nan
+    if one:
+        return dev[:, 0], g[:, 0]
+    return dev, g
+
+
+def _ri_roots(st, reml, idx, a, b, ga, gb, xtol=1e-14, rtol=1e-13, maxiter=200):
+    """Roots of the derivative on brackets [a, b] with g(a) < 0 < g(b), for the data sets idx at
+    once: Illinois regula falsi with a bisection step whenever a step fails to halve the bracket.
+    Each data set stops on its own (|b - a| <= xtol + rtol |x| or g(x) == 0); the arithmetic of
+    one data set never depends on the others, so a batch gives each the same root as alone."""
+    a, b, ga, gb = (np.array(v, dtype=float) for v in (a, b, ga, gb))
+    x = 0.5 * (a + b)
+    side = np.zeros(a.size, dtype=int)  # -1: a kept last step, +1: b kept
+    bisect = np.zeros(a.size, dtype=bool)
+    active = np.ones(a.size, dtype=bool)
+    nfev = np.zeros(a.size, dtype=int)
+    for _ in range(maxiter):
+        act = np.nonzero(active)[0]
+        if act.size == 0:
+            break
+        aa, bb, fa, fb = a[act], b[act], ga[act], gb[act]
+        xs = bb - fb * (bb - aa) / (fb - fa)
+        xm = 0.5 * (aa + bb)
+        ok = np.isfinite(xs) & (xs > aa) & (xs < bb) & ~bisect[act]
+        xn = np.where(ok, xs, xm)
+        _, gx = ri_criterion_stack(xn, st, reml, idx[act])
+        nfev[act] += 1
+        x[act] = xn
+        w0 = bb - aa
+        neg = gx < 0
+        pos = gx > 0
+        # replace the endpoint on x's side; Illinois: halve the kept end's value if kept twice
+        na, nb, nfa, nfb = aa.copy(), bb.copy(), fa.copy(), fb.copy()
+        na[neg], nfa[neg] = xn[neg], gx[neg]
+        nb[pos], nfb[pos] = xn[pos], gx[pos]
+        keep_b = neg & (side[act] == 1)
+        keep_a = pos & (side[act] == -1)
+        nfb[keep_b] *= 0.5
+        nfa[keep_a] *= 0.5
+        s = side[act]
+        s[neg], s[pos] = 1, -1
+        side[act] = s
+        a[act], b[act], ga[act], gb[act] = na, nb, nfa, nfb
+        bisect[act] = (nb - na) > 0.5 * w0
+        done = ~(neg | pos) | ((nb - na) <= xtol + rtol * np.abs(xn))
+        active[act[done]] = False
+    return x, nfev
+
+
+def optimize_ri_batch(sss, reml: bool, rel_tol: float = 1e-3):
+    """Random intercept for K data sets at once (same p): a list of :class:`OptResult`, or of
+    :class:`NotPositiveDefinite` for a data set whose final fit is degenerate.
+
+    The vectorised criterion is evaluated for every data set on a grid of theta (ICC from 1e-6
+    to 0.9999) that includes the boundary theta = 0.  Where the analytic derivative changes sign
+    around the best grid point, its root is found for all those data sets together
+    (:func:`_ri_roots`: Illinois regula falsi with bisection, to 1e-14 + 1e-13 |theta|);
+    otherwise the criterion of that data set is minimised by bounded Brent (scipy).  The
+    boundary value is always compared explicitly: the derivative at theta = 0 is exactly zero,
+    so a gradient-only test could not see a boundary optimum.  :func:`optimize_ri` is this
+    function with one data set, so single and batched fits agree.
+    """
+    st = RIStack(sss)
+    K = st.K
+    grid = _GRID_RI
+    G = grid.size
+    devs, grads = ri_criterion_stack(np.broadcast_to(grid, (K, G)), st, reml)
+    i = np.argmin(devs, axis=1)
+    kk = np.arange(K)
+    nfev = np.full(K, G)
+    inner = (i > 0) & (i < G - 1)
+    il, ih = np.clip(i - 1, 0, G - 1), np.clip(i + 1, 0, G - 1)
+    br = inner & (grads[kk, il] < 0) & (grads[kk, ih] > 0)
+    t_new = np.full(K, np.nan)
+    d_new = np.full(K, np.inf)
+    idx = np.nonzero(br)[0]
+    if idx.size:
+        x, nf = _ri_roots(st, reml, idx, grid[il[idx]], grid[ih[idx]], grads[idx, il[idx]], grads[idx, ih[idx]])
+        nfev[idx] += nf + 1
+        d, _ = ri_criterion_stack(x, st, reml, idx)
+        t_new[idx], d_new[idx] = x, d
+    for k in np.nonzero(~br)[0]:
+        ss = sss[k]
+        if i[k] == 0:
+            lo, hi = 0.0, float(grid[1])
+        elif i[k] == G - 1:
+            lo, hi = float(grid[-2]), float(grid[-1]) * 1e3
+        else:
+            lo, hi = float(grid[i[k] - 1]), float(grid[i[k] + 1])
         res = optimize.minimize_scalar(
-            f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12 * max(1.0, hi), "maxiter": 500}
+            lambda t, ss=ss: ri_scalar(t, ss, reml)[0], bounds=(lo, hi), method="bounded",
+            options={"xatol": 1e-12 * max(1.0, hi), "maxiter": 500},
         )
-        nfev += res.nfev
-        cands.append((float(res.fun), float(res.x)))
-    dev, t = min(cands)
-    if devs[0] <= dev + 1e-9:  # the boundary is as good (to rounding): report theta = 0 exactly
-        dev, t = float(devs[0]), 0.0
-    e = evaluate(np.array([t]), ss, reml)
-    out = OptResult()
-    out.theta = np.array([t])
-    out.e = e
-    out.nfev = nfev
-    gr = gradient(e, ss, reml) if t > 0 else np.zeros(1)
-    out.grad = gr
-    out.converged = bool(np.all(np.isfinite(gr)) and abs(gr[0]) * max(t, 1.0) < rel_tol)
-    out.message = "converged" if out.converged else f"gradient {gr[0]:.3g} at theta={t:.6g}"
+        nfev[k] += res.nfev
+        t_new[k], d_new[k] = float(res.x), float(res.fun)
+    out = []
+    for k in range(K):
+        ss = sss[k]
+        cands = [(float(devs[k, 0]), 0.0), (float(devs[k, i[k]]), float(grid[i[k]]))]
+        if np.isfinite(t_new[k]):
+            cands.append((float(d_new[k]), float(t_new[k])))
+        dev, t = min(cands)
+        if devs[k, 0] <= dev + 1e-9:  # the boundary is as good (to rounding): report theta = 0
+            dev, t = float(devs[k, 0]), 0.0
+        try:
+            e = evaluate(np.array([t]), ss, reml)
+        except NotPositiveDefinite as err:
+            out.append(err)
+            continue
+        o = OptResult()
+        o.theta = np.array([t])
+        o.e = e
+        o.nfev = int(nfev[k])
+        gr = gradient(e, ss, reml) if t > 0 else np.zeros(1)
+        o.grad = gr
+        o.converged = bool(np.all(np.isfinite(gr)) and abs(gr[0]) * max(t, 1.0) < rel_tol)
+        o.message = "converged" if o.converged else f"gradient {gr[0]:.3g} at theta={t:.6g}"
+        out.append(o)
     return out
+
+
+def optimize_ri(ss: SuffStats, reml: bool, rel_tol: float = 1e-3) -> OptResult:
+    """Random intercept, one data set: :func:`optimize_ri_batch` with a batch of one."""
+    o = optimize_ri_batch([ss], reml, rel_tol)[0]
+    if isinstance(o, Exception):
+        raise o
+    return o
 
 
 _LBFGS_OPTS = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000, "maxcor": 20}
