@@ -486,7 +486,7 @@ class RIStack:
     criterion is its own.  All data sets must have the same number p of fixed effects.
     """
 
-    __slots__ = ("S", "C", "XtX", "Xty", "yty", "n", "p", "K")
+    __slots__ = ("S", "C", "XtX", "Xty", "yty", "n", "p", "K", "sss")
 
     def __init__(self, sss):
         p = sss[0].p
@@ -505,7 +505,7 @@ class RIStack:
         self.Xty = np.stack([ss.Xty for ss in sss])
         self.yty = np.array([ss.yty for ss in sss])
         self.n = np.array([ss.n for ss in sss], dtype=float)
-        self.p, self.K = p, K
+        self.p, self.K, self.sss = p, K, list(sss)
 
 
 def ri_criterion_stack(th, st: RIStack, reml: bool, idx=None):
@@ -530,16 +530,19 @@ def ri_criterion_stack(th, st: RIStack, reml: bool, idx=None):
     K, G = th.shape
     t2 = th * th
     M = 1.0 + t2[:, :, None] * S[:, None, :]  # (K, G, m)
-    W = t2[:, :, None] / M
-    D = (2.0 * th)[:, :, None] / (M * M)
-    sw = W @ C  # (K, G, c): sums with w_j
-    sd = D @ C  # sums with dw_j / dtheta
+    iM = 1.0 / M
+    WD = np.empty((K, 2 * G, M.shape[2]))
+    np.multiply(t2[:, :, None], iM, out=WD[:, :G])  # w_j
+    np.multiply((2.0 * th)[:, :, None], iM * iM, out=WD[:, G:])  # dw_j / dtheta
+    sums = WD @ C  # (K, 2G, c): every group sum of every data set in one product
+    sw, sd = sums[:, :G], sums[:, G:]
     A = XtX[:, None] - sw[..., :pp].reshape(K, G, p, p)
     b = Xty[:, None] - sw[..., pp : pp + p]
-    bad = np.zeros((K, G), dtype=bool)
+    bad = None
     try:
         R = np.linalg.cholesky(A)
     except np.linalg.LinAlgError:
+        bad = np.zeros((K, G), dtype=bool)
         R = np.empty_like(A)
         for k in range(K):
             for gi in range(G):
@@ -550,18 +553,18 @@ def ri_criterion_stack(th, st: RIStack, reml: bool, idx=None):
                     R[k, gi] = np.eye(p)
                     A[k, gi] = np.eye(p)
     Ainv = np.linalg.inv(A)
-    beta = np.einsum("kgpr,kgr->kgp", Ainv, b)
+    beta = (Ainv @ b[..., None])[..., 0]
     r2 = np.maximum(yty[:, None] - sw[..., -1] - (b * beta).sum(axis=-1), 1e-300)
     N = (n - p if reml else n)[:, None]
     dev = np.log(M).sum(axis=-1) + N * (1.0 + LOG2PI + np.log(r2 / N))
     dA = -sd[..., :pp].reshape(K, G, p, p)
     db = -sd[..., pp : pp + p]
-    dr2 = -sd[..., -1] - 2.0 * (beta * db).sum(axis=-1) + np.einsum("kgp,kgpr,kgr->kg", beta, dA, beta)
-    g = (2.0 * th[:, :, None] * S[:, None, :] / M).sum(axis=-1) + N * dr2 / r2
+    dr2 = -sd[..., -1] - (beta * (2.0 * db - (dA @ beta[..., None])[..., 0])).sum(axis=-1)
+    g = 2.0 * th * (S[:, None, :] * iM).sum(axis=-1) + N * dr2 / r2
     if reml:
         dev = dev + 2.0 * np.log(np.diagonal(R, axis1=2, axis2=3)).sum(axis=-1)
-        g = g + np.einsum("kgpr,kgrp->kg", Ainv, dA)
-    if bad.any():
+        g = g + (Ainv * dA.swapaxes(2, 3)).sum(axis=(2, 3))
+    if bad is not None and bad.any():
         dev[bad] = np.inf
         g[bad] = np.nan
     if one:
@@ -571,46 +574,74 @@ def ri_criterion_stack(th, st: RIStack, reml: bool, idx=None):
 
 def _ri_roots(st, reml, idx, a, b, ga, gb, xtol=1e-14, rtol=1e-13, maxiter=200):
     """Roots of the derivative on brackets [a, b] with g(a) < 0 < g(b), for the data sets idx at
-    once: Illinois regula falsi with a bisection step whenever a step fails to halve the bracket.
-    Each data set stops on its own (|b - a| <= xtol + rtol |x| or g(x) == 0); the arithmetic of
-    one data set never depends on the others, so a batch gives each the same root as alone."""
+    once: a safeguarded secant method.  The secant through the last two iterates is taken when
+    it falls inside the current bracket, bisection otherwise and after two steps that did not
+    halve the bracket; every evaluation shrinks the bracket.  Each data set stops on its own
+    (bracket or step below xtol + rtol |x|, or g(x) == 0); the arithmetic of one data set never
+    depends on the others, so a batch gives each data set the same root as a batch of one."""
+    if len(idx) == 1:
+        x, nf = _ri_root1(st.sss[idx[0]], reml, float(a[0]), float(b[0]), float(ga[0]), float(gb[0]), xtol, rtol, maxiter)
+        return np.array([x]), np.array([nf])
     a, b, ga, gb = (np.array(v, dtype=float) for v in (a, b, ga, gb))
-    x = 0.5 * (a + b)
-    side = np.zeros(a.size, dtype=int)  # -1: a kept last step, +1: b kept
-    bisect = np.zeros(a.size, dtype=bool)
+    x0, g0, x1, g1 = a.copy(), ga.copy(), b.copy(), gb.copy()  # the last two iterates
+    slow = np.zeros(a.size, dtype=int)
     active = np.ones(a.size, dtype=bool)
     nfev = np.zeros(a.size, dtype=int)
     for _ in range(maxiter):
         act = np.nonzero(active)[0]
         if act.size == 0:
             break
-        aa, bb, fa, fb = a[act], b[act], ga[act], gb[act]
-        xs = bb - fb * (bb - aa) / (fb - fa)
-        xm = 0.5 * (aa + bb)
-        ok = np.isfinite(xs) & (xs > aa) & (xs < bb) & ~bisect[act]
-        xn = np.where(ok, xs, xm)
+        aa, bb = a[act], b[act]
+        p0, q0, p1, q1 = x0[act], g0[act], x1[act], g1[act]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xs = p1 - q1 * (p1 - p0) / (q1 - q0)
+        ok = np.isfinite(xs) & (xs > aa) & (xs < bb) & (slow[act] < 2)
+        xn = np.where(ok, xs, 0.5 * (aa + bb))
         _, gx = ri_criterion_stack(xn, st, reml, idx[act])
         nfev[act] += 1
-        x[act] = xn
+        step = np.abs(xn - p1)
         w0 = bb - aa
         neg = gx < 0
         pos = gx > 0
-        # replace the endpoint on x's side; Illinois: halve the kept end's value if kept twice
-        na, nb, nfa, nfb = aa.copy(), bb.copy(), fa.copy(), fb.copy()
-        na[neg], nfa[neg] = xn[neg], gx[neg]
-        nb[pos], nfb[pos] = xn[pos], gx[pos]
-        keep_b = neg & (side[act] == 1)
-        keep_a = pos & (side[act] == -1)
-        nfb[keep_b] *= 0.5
-        nfa[keep_a] *= 0.5
-        s = side[act]
-        s[neg], s[pos] = 1, -1
-        side[act] = s
-        a[act], b[act], ga[act], gb[act] = na, nb, nfa, nfb
-        bisect[act] = (nb - na) > 0.5 * w0
-        done = ~(neg | pos) | ((nb - na) <= xtol + rtol * np.abs(xn))
+        na, nb = aa.copy(), bb.copy()
+        na[neg] = xn[neg]
+        nb[pos] = xn[pos]
+        a[act], b[act] = na, nb
+        x0[act], g0[act], x1[act], g1[act] = p1, q1, xn, gx
+        halved = (nb - na) <= 0.5 * w0
+        slow[act] = np.where(halved | ~ok, 0, slow[act] + 1)
+        tol = xtol + rtol * np.abs(xn)
+        done = ~(neg | pos) | ((nb - na) <= tol) | (ok & (step <= 0.5 * tol))
         active[act[done]] = False
-    return x, nfev
+    return x1, nfev
+
+
+def _ri_root1(ss, reml, a, b, ga, gb, xtol, rtol, maxiter):
+    """:func:`_ri_roots` for one data set: the same steps and stopping rules with Python floats
+    and :func:`ri_scalar` (the same algebra for one theta, equal to rounding), without the
+    array bookkeeping that dominates a batch of one."""
+    x0, g0, x1, g1 = a, ga, b, gb
+    slow = 0
+    nfev = 0
+    for _ in range(maxiter):
+        d = g1 - g0
+        xs = x1 - g1 * (x1 - x0) / d if d != 0 else math.nan
+        ok = math.isfinite(xs) and a < xs < b and slow < 2
+        xn = xs if ok else 0.5 * (a + b)
+        gx = ri_scalar(xn, ss, reml)[1]
+        nfev += 1
+        step = abs(xn - x1)
+        w0 = b - a
+        if gx < 0:
+            a = xn
+        elif gx > 0:
+            b = xn
+        x0, g0, x1, g1 = x1, g1, xn, gx
+        slow = 0 if ((b - a) <= 0.5 * w0 or not ok) else slow + 1
+        tol = xtol + rtol * abs(xn)
+        if not (gx < 0 or gx > 0) or (b - a) <= tol or (ok and step <= 0.5 * tol):
+            break
+    return x1, nfev
 
 
 def optimize_ri_batch(sss, reml: bool, rel_tol: float = 1e-3):
