@@ -118,10 +118,94 @@ def time_lme4(frames: dict, reps: int):
     return res
 
 
+R_SWEEP = r"""
+suppressPackageStartupMessages(library(lme4))
+files <- commandArgs(TRUE)
+forms <- c(RI = "MathAch ~ SES + (1 | School)", RS = "MathAch ~ SES + (1 + SES | School)")
+for (f in files) {
+  d <- read.csv(f); d$School <- as.character(d$School)
+  sets <- split(d, d$rep)
+  for (nm in names(forms)) {
+    fo <- as.formula(forms[[nm]])
+    invisible(suppressMessages(lmer(fo, data = sets[[1]])))
+    t0 <- proc.time()[["elapsed"]]
+    for (s in sets) invisible(suppressMessages(lmer(fo, data = s)))
+    cat(basename(f), nm, (proc.time()[["elapsed"]] - t0) / length(sets), "\n")
+  }
+}
+"""
+
+
+def lme4_sweep(sets_by_j: dict):
+    """Seconds per lmer() fit, a loop over each J's data sets in one Rscript process."""
+    if shutil.which("Rscript") is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for J, sets in sets_by_j.items():
+            f = Path(tmp) / f"J{J}.csv"
+            pd.concat([d.assign(rep=i) for i, d in enumerate(sets)]).to_csv(f, index=False)
+            files.append(str(f))
+        script = Path(tmp) / "sweep.R"
+        script.write_text(R_SWEEP)
+        try:
+            out = subprocess.run(["Rscript", str(script), *files], capture_output=True, text=True,
+                                 timeout=7200, check=True).stdout
+        except (subprocess.SubprocessError, OSError):
+            return {}
+    res = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            res[(int(parts[0].removesuffix(".csv")[1:]), parts[1])] = float(parts[2])
+    return res
+
+
+def per_fit(fn, k):
+    """Seconds per fit of fn() that fits k data sets (after one warm-up call)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) / k
+
+
+def j_sweep(js=(10, 25, 50, 100, 300), k=50, k_sm=5, nper=20):
+    """Per-fit ms for J schools x nper students: single lmm(), batched fit_many over k data sets,
+    statsmodels (k_sm data sets) and lme4 (a loop of lmer over the same k data sets in one R
+    process); ratios lme4 / batched and statsmodels / batched."""
+    sets_by_j = {J: small_designs(k, m=J, nper=nper, seed=J) for J in js}
+    lme4 = lme4_sweep(sets_by_j)
+    rows = []
+    for J, sets in sets_by_j.items():
+        for mname, formula in MODELS.items():
+            single = per_fit(lambda: [lmm(formula, d) for d in sets], k)
+            batched = per_fit(lambda: fit_many(formula, sets), k)
+            sm = np.mean([time_statsmodels(formula, d, 1) for d in sets[:k_sm]])
+            r4 = lme4.get((J, mname), np.nan)
+            rows.append({"J": J, "model": mname, "single_ms": single * 1e3, "batched_ms": batched * 1e3,
+                         "statsmodels_ms": sm * 1e3, "lme4_ms": r4 * 1e3,
+                         "lme4/batched": r4 / batched, "sm/batched": sm / batched,
+                         "lme4/single": r4 / single})
+    tab = pd.DataFrame(rows)
+    print(f"\nJ sweep: ms per fit ({nper} students per school; batched = fit_many over {k} data sets,"
+          f" lme4 = lmer loop over the same {k} in one Rscript, statsmodels over {k_sm})")
+    print(tab.round(2).to_string(index=False))
+    if not lme4:
+        print("(R/lme4 not found: lme4 column empty)")
+    return tab
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sweep-only", action="store_true", help="only the J sweep")
     a = ap.parse_args(argv)
+    if a.quick:
+        sweep = j_sweep(js=(10, 25, 100), k=10, k_sm=2)
+    else:
+        sweep = j_sweep()
+    if a.sweep_only:
+        return sweep
     reps_fast, reps_sm, reps_r, nsmall = (10, 2, 5, 3) if a.quick else (40, 5, 20, 10)
 
     hsb = ds.load("hsb").join_as_one()[["School", "SES", "MathAch"]]
