@@ -367,7 +367,7 @@ def _sim_sets(k, m=12, nper=8, seed=5):
     rng = np.random.default_rng(seed)
     out = []
     for i in range(k):
-        mi = m + i  # different numbers of groups in one batch (padded statistics)
+        mi = m + i % 2  # two numbers of groups: batches of several, and padded statistics (RI)
         g = np.repeat(np.arange(mi), nper)
         x = rng.normal(size=g.size)
         tau = [0.0, 0.3, 1.0, 2.0][i % 4]  # includes a boundary (theta = 0) case

@@ -556,6 +556,114 @@ def q2_dev_grad(theta, ss: SuffStats, reml: bool):
     return dev, np.array([G00, G10, G11])
 
 
+class Q2Stack:
+    """Random intercept + one slope (q = 2) statistics of K data sets, groups padded with zero
+    statistics (a padded group contributes exactly nothing), for :func:`q2_dev_grad_stack`."""
+
+    __slots__ = ("s00", "s01", "s11", "X0", "X1", "y0", "y1", "XtX", "Xty", "yty", "n", "p", "K", "sss")
+
+    def __init__(self, sss):
+        p = sss[0].p
+        if any(ss.p != p or ss.q != 2 for ss in sss):
+            raise ValueError("Q2Stack needs q = 2 statistics with one p")
+        K, mmax = len(sss), max(ss.m for ss in sss)
+        S = np.zeros((K, 3, mmax))
+        ZX = np.zeros((K, 2, p, mmax))
+        Zy = np.zeros((K, 2, mmax))
+        for k, ss in enumerate(sss):
+            St, ZXt, Zyt = ss.t()
+            S[k, 0, : ss.m], S[k, 1, : ss.m], S[k, 2, : ss.m] = St[0, 0], St[0, 1], St[1, 1]
+            ZX[k, :, :, : ss.m] = ZXt
+            Zy[k, :, : ss.m] = Zyt
+        self.s00, self.s01, self.s11 = S[:, 0], S[:, 1], S[:, 2]
+        self.X0, self.X1 = ZX[:, 0], ZX[:, 1]
+        self.y0, self.y1 = Zy[:, 0], Zy[:, 1]
+        self.XtX = np.stack([ss.XtX for ss in sss])
+        self.Xty = np.stack([ss.Xty for ss in sss])
+        self.yty = np.array([ss.yty for ss in sss])
+        self.n = np.array([ss.n for ss in sss], dtype=float)
+        self.p, self.K, self.sss = p, K, list(sss)
+
+
+def q2_dev_grad_stack(theta, st: Q2Stack, reml: bool, idx):
+    """:func:`q2_dev_grad` for the data sets ``idx`` of ``st`` at once, theta (len(idx), 3).
+    Returns (criterion, gradient); +inf / nan where R_X'R_X is not positive definite."""
+    s00, s01, s11 = st.s00[idx], st.s01[idx], st.s11[idx]
+    X0, X1, y0, y1 = st.X0[idx], st.X1[idx], st.y0[idx], st.y1[idx]
+    th = np.asarray(theta, dtype=float)
+    l0, l1, l2 = th[:, 0:1], th[:, 1:2], th[:, 2:3]  # (K, 1) against (K, m)
+    T00, T01 = s00 * l0 + s01 * l1, s01 * l2
+    T10, T11 = s01 * l0 + s11 * l1, s11 * l2
+    M00 = l0 * T00 + l1 * T10 + 1.0
+    M01 = l0 * T01 + l1 * T11
+    M11 = l2 * T11 + 1.0
+    c00 = np.sqrt(M00)
+    c10 = M01 / c00
+    d11 = M11 - c10 * c10
+    c11 = np.sqrt(d11)
+    e0, e1, e2 = l0[:, :, None], l1[:, :, None], l2[:, :, None]
+    R0 = (e0 * X0 + e1 * X1) / c00[:, None, :]  # (K, p, m)
+    R1 = (e2 * X1 - c10[:, None, :] * R0) / c11[:, None, :]
+    u0 = (l0 * y0 + l1 * y1) / c00
+    u1 = (l2 * y1 - c10 * u0) / c11
+    A = st.XtX[idx] - R0 @ R0.swapaxes(1, 2) - R1 @ R1.swapaxes(1, 2)
+    bb = st.Xty[idx] - (R0 @ u0[:, :, None])[..., 0] - (R1 @ u1[:, :, None])[..., 0]
+    K = th.shape[0]
+    bad = None
+    try:
+        RX = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        bad = np.zeros(K, dtype=bool)
+        RX = np.empty_like(A)
+        for k in range(K):
+            try:
+                RX[k] = np.linalg.cholesky(A[k])
+            except np.linalg.LinAlgError:
+                bad[k] = True
+                A[k] = RX[k] = np.eye(st.p)
+    Ainv = np.linalg.inv(A)
+    beta = (Ainv @ bb[:, :, None])[..., 0]
+    r2 = np.maximum(st.yty[idx] - (u0 * u0).sum(1) - (u1 * u1).sum(1) - (bb * beta).sum(1), 1e-300)
+    N = st.n[idx] - st.p if reml else st.n[idx]
+    dev = np.log(M00).sum(1) + np.log(d11).sum(1) + N * (1.0 + LOG2PI + np.log(r2 / N))
+    if reml:
+        dev = dev + 2.0 * np.log(np.diagonal(RX, axis1=1, axis2=2)).sum(1)
+    bX0 = (beta[:, None, :] @ X0)[:, 0]  # beta'Z_j'X_j rows, (K, m)
+    bX1 = (beta[:, None, :] @ X1)[:, 0]
+    w1 = (u1 - (beta[:, None, :] @ R1)[:, 0]) / c11
+    w0 = (u0 - (beta[:, None, :] @ R0)[:, 0] - c10 * w1) / c00
+    b0, b1 = l0 * w0, l1 * w0 + l2 * w1
+    z0 = y0 - bX0 - (s00 * b0 + s01 * b1)
+    z1 = y1 - bX1 - (s01 * b0 + s11 * b1)
+    det = M00 * M11 - M01 * M01
+    i00, i01, i11 = M11 / det, -M01 / det, M00 / det
+    k_ = (N / r2)[:, None]
+    G = np.empty((K, 3))
+    G[:, 0] = (2.0 * (T00 * i00 + T01 * i01) - 2.0 * k_ * z0 * w0).sum(1)
+    G[:, 1] = (2.0 * (T10 * i00 + T11 * i01) - 2.0 * k_ * z1 * w0).sum(1)
+    G[:, 2] = (2.0 * (T10 * i01 + T11 * i11) - 2.0 * k_ * z1 * w1).sum(1)
+    if reml:
+        P00, P01 = i00 * l0, i00 * l1 + i01 * l2
+        P10, P11 = i01 * l0, i01 * l1 + i11 * l2
+        K00 = 1.0 - (T00 * P00 + T01 * P10)
+        K01 = -(T00 * P01 + T01 * P11)
+        K10 = -(T10 * P00 + T11 * P10)
+        K11 = 1.0 - (T10 * P01 + T11 * P11)
+        W0, W1 = Ainv @ X0, Ainv @ X1
+        B00 = (X0 * W0).sum(1)
+        B01 = (X1 * W0).sum(1)
+        B11 = (X1 * W1).sum(1)
+        KB00, KB01 = K00 * B00 + K01 * B01, K00 * B01 + K01 * B11
+        KB10, KB11 = K10 * B00 + K11 * B01, K10 * B01 + K11 * B11
+        G[:, 0] -= 2.0 * (KB00 * P00 + KB01 * P01).sum(1)
+        G[:, 1] -= 2.0 * (KB10 * P00 + KB11 * P01).sum(1)
+        G[:, 2] -= 2.0 * (KB10 * P10 + KB11 * P11).sum(1)
+    if bad is not None and bad.any():
+        dev[bad] = np.inf
+        G[bad] = np.nan
+    return dev, G
+
+
 class OptResult:
     __slots__ = ("theta", "e", "converged", "message", "nfev", "grad")
 
@@ -816,6 +924,137 @@ def optimize_ri(ss: SuffStats, reml: bool, rel_tol: float = 1e-3) -> OptResult:
 _LBFGS_OPTS = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000, "maxcor": 20}
 
 
+def _bfgs_stack(st, reml, idx, x0, fixed=None, gtol=1e-7, ftol=1e-13, maxiter=300):
+    """Minimise the q = 2 criterion for the data sets ``idx`` at once: BFGS (inverse-Hessian
+    update, Armijo backtracking from the unit step) with per-data-set convergence masks.
+    ``fixed`` (K, 3) marks coordinates held at their start value (the boundary re-fit).  Each
+    data set's arithmetic is independent of the others, so a batch of one gives the same
+    result.  Returns (x, f, nfev, converged)."""
+    x = np.array(x0, dtype=float)
+    K = x.shape[0]
+    free = np.ones_like(x) if fixed is None else (~np.asarray(fixed)).astype(float)
+    f, g = q2_dev_grad_stack(x, st, reml, idx)
+    g = g * free
+    nfev = np.ones(K, dtype=int)
+    H = np.broadcast_to(np.eye(3), (K, 3, 3)).copy()
+    active = np.isfinite(f) & np.all(np.isfinite(g), axis=1)
+    conv = np.zeros(K, dtype=bool)
+    first = np.ones(K, dtype=bool)
+    for _ in range(maxiter):
+        act = np.nonzero(active)[0]
+        if act.size == 0:
+            break
+        xa, fa, ga, Ha = x[act], f[act], g[act], H[act]
+        d = -(Ha @ ga[:, :, None])[..., 0] * free[act]
+        slope = (d * ga).sum(1)
+        reset = ~(slope < 0)
+        if reset.any():
+            Ha[reset] = np.eye(3)
+            d[reset] = -ga[reset] * free[act][reset]
+            slope[reset] = (d[reset] * ga[reset]).sum(1)
+        # a step moves no coordinate by more than 0.5 max(|theta|, 1) (theta is a relative scale;
+        # early curvature estimates can propose steps far out on the flat tails)
+        dmax = np.max(np.abs(d) / np.maximum(np.abs(xa), 1.0), axis=1)
+        alpha = np.minimum(1.0, 0.5 / np.maximum(dmax, 1e-300))
+        xn, fn, gn = xa.copy(), fa.copy(), ga.copy()
+        todo = np.ones(act.size, dtype=bool)
+        for _ls in range(40):
+            t = np.nonzero(todo)[0]
+            if t.size == 0:
+                break
+            xt = xa[t] + alpha[t, None] * d[t]
+            ft, gt = q2_dev_grad_stack(xt, st, reml, idx[act[t]])
+            nfev[act[t]] += 1
+            ok = np.isfinite(ft) & (ft <= fa[t] + 1e-4 * alpha[t] * slope[t])
+            xn[t[ok]], fn[t[ok]], gn[t[ok]] = xt[ok], ft[ok], gt[ok] * free[act[t[ok]]]
+            todo[t[ok]] = False
+            # backtrack to the minimum of the quadratic through f(0), f'(0), f(alpha),
+            # kept within [0.1, 0.5] alpha
+            nk = t[~ok]
+            if nk.size:
+                al, ftn = alpha[nk], ft[~ok]
+                with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                    aq = -slope[nk] * al * al / (2.0 * (ftn - fa[nk] - slope[nk] * al))
+                aq = np.where(np.isfinite(aq), aq, 0.5 * al)
+                alpha[nk] = np.clip(aq, 0.1 * al, 0.5 * al)
+        failed = todo  # no decrease along d: as good as it gets in double precision
+        s_ = xn - xa
+        y_ = gn - ga
+        sy = (s_ * y_).sum(1)
+        upd = ~failed & (sy > 1e-12 * np.sqrt((s_ * s_).sum(1) * (y_ * y_).sum(1)))
+        if upd.any():
+            u = np.nonzero(upd)[0]
+            Hu = Ha[u]
+            if np.any(first[act[u]]):  # scale the initial inverse Hessian (Nocedal & Wright 6.20)
+                f1 = first[act[u]]
+                Hu[f1] = np.eye(3) * (sy[u][f1] / (y_[u][f1] * y_[u][f1]).sum(1))[:, None, None]
+            rho = 1.0 / sy[u]
+            I = np.eye(3)
+            V = I - rho[:, None, None] * s_[u][:, :, None] * y_[u][:, None, :]
+            Hu = V @ Hu @ V.swapaxes(1, 2) + rho[:, None, None] * s_[u][:, :, None] * s_[u][:, None, :]
+            Ha[u] = Hu
+        x[act], f[act], g[act], H[act] = xn, fn, gn, Ha
+        first[act] = False
+        scale = np.maximum(np.abs(xn), 1.0)
+        gsmall = np.max(np.abs(gn) * scale, axis=1) < gtol
+        fsmall = ~failed & (fa - fn <= ftol * np.maximum(np.abs(fn), 1.0)) & (np.max(np.abs(gn) * scale, axis=1) < 1e3 * gtol)
+        done = gsmall | fsmall | failed
+        conv[act[done]] = True
+        active[act[done]] = False
+    return x, f, nfev, conv
+
+
+def optimize_q2_batch(sss, reml: bool, rel_tol: float = 1e-3, theta0=None):
+    """Random intercept and one slope for K data sets at once (same p): a list of
+    :class:`OptResult` (or :class:`NotPositiveDefinite` for a degenerate data set).
+
+    The criterion and its analytic gradient are evaluated for all data sets still iterating in
+    one vectorised call (:func:`q2_dev_grad_stack`); the optimiser is BFGS with per-data-set
+    convergence (:func:`_bfgs_stack`), unconstrained (the criterion is invariant to the sign of
+    a column of Lambda) and sign-normalised afterwards.  Then, as lme4 does, every diagonal
+    element below 1e-3 is fixed at exactly zero, the others re-optimised, and the better of the
+    two solutions kept.  :func:`optimize_general` with q = 2 is this function for one data set.
+    """
+    st = Q2Stack(sss)
+    K = st.K
+    allk = np.arange(K)
+    x0 = np.tile(np.array([1.0, 0.0, 1.0]) if theta0 is None else np.asarray(theta0, float), (K, 1))
+    x, f, nfev, _ = _bfgs_stack(st, reml, allk, x0)
+    diag = np.array([True, False, True])
+    best = np.array([canonical_theta(xk, 2, sss[0].tril) for xk in x])
+    bestf = f.copy()
+    small = diag[None, :] & (best < 1e-3)
+    re = np.nonzero(small.any(1))[0]
+    if re.size:
+        th0 = best[re].copy()
+        th0[small[re]] = 0.0
+        x2, f2, nf2, _ = _bfgs_stack(st, reml, re, th0, fixed=small[re])
+        nfev[re] += nf2
+        for j, k in enumerate(re):
+            if f2[j] <= bestf[k]:
+                t = canonical_theta(x2[j], 2, sss[0].tril)
+                t[small[k]] = 0.0
+                best[k], bestf[k] = t, f2[j]
+    out = []
+    for k in range(K):
+        ss = sss[k]
+        try:
+            e = evaluate(best[k], ss, reml)
+        except NotPositiveDefinite as err:
+            out.append(err)
+            continue
+        g = gradient(e, ss, reml)
+        at_bound = diag & (best[k] <= 0.0)
+        gp = np.where(at_bound, 0.0, g)
+        o = OptResult()
+        o.theta, o.e, o.nfev, o.grad = best[k], e, int(nfev[k]), g
+        sc = np.maximum(np.abs(best[k]), 1.0)
+        o.converged = bool(np.all(np.isfinite(gp)) and np.max(np.abs(gp) * sc) < rel_tol)
+        o.message = "converged" if o.converged else f"max |gradient| {np.max(np.abs(gp)):.3g}"
+        out.append(o)
+    return out
+
+
 def canonical_theta(theta, q, tril=None):
     """Flip the sign of every column of Lambda whose diagonal is negative (Lambda Lambda' and
     the criterion are unchanged), so that the diagonal is non-negative as lme4 reports it."""
@@ -837,6 +1076,11 @@ def optimize_general(ss: SuffStats, reml: bool, theta0=None, rel_tol: float = 1e
     of the two solutions kept.
     """
     q = ss.q
+    if q == 2:  # random intercept and one slope: the batched optimiser with a batch of one
+        o = optimize_q2_batch([ss], reml, rel_tol, theta0)[0]
+        if isinstance(o, Exception):
+            raise o
+        return o
     lb = theta_lower_bounds(q)
     diag = np.isfinite(lb)
     if theta0 is None:

@@ -461,10 +461,12 @@ def fit_many(formula: str, datasets, reml: bool = True, *, by: str | None = None
     the column ``by``).  Returns a list of results in order (``errors="none"``: a failed fit
     gives ``None`` instead of raising, for that data set only).  The formula is parsed once.
 
-    ``batch=True`` (default): random-intercept models are fitted for all data sets together
-    (their sufficient statistics are stacked and the profiled criterion is evaluated for all of
-    them in each step, :func:`mlsimkit.lmm._core.optimize_ri_batch`); single fits
-    (:func:`lmm`) run the same kernel with a batch of one, so the estimates are the same.
+    ``batch=True`` (default): random-intercept models and models with a random intercept and one
+    slope are fitted for all data sets together (their sufficient statistics are stacked and the
+    profiled criterion is evaluated for all of them in each step,
+    :func:`mlsimkit.lmm._core.optimize_ri_batch`, :func:`mlsimkit.lmm._core.optimize_q2_batch`);
+    single fits (:func:`lmm`) run the same kernels with a batch of one, so the estimates are the
+    same.  Other models are fitted one after the other.
     ``batch=False`` fits one data set after the other.  A result's ``fit_time`` is the time of
     its design plus its share of the batch's optimisation.
     """
@@ -496,22 +498,28 @@ def _fit_list(parsed, formula, datasets, reml, errors, batch=True):
             if errors == "raise":
                 raise
             continue
-        if not (batch and prep.ss.q == 1):
+        if not (batch and prep.ss.q <= 2):
             r = _fit_prepared(prep, reml, t0)
             r.info, r.formula = info, formula
             out[k] = r
             continue
         preps[k] = (prep, info)
         ptime[k] = time.perf_counter() - t0
-    # random intercepts: one batched optimisation per number of fixed effects
-    by_p = {}
+    # random intercept (q = 1) or intercept and slope (q = 2): one batched optimisation per
+    # (q, number of fixed effects) and, for q = 2, number of groups: padding with empty groups
+    # changes the order of floating-point sums, and BFGS, which stops at a gradient tolerance,
+    # could then stop a rounding-level step away from where the data set alone stops (the
+    # random-intercept root is solved to 1e-14, padding does not show there)
+    by_qp = {}
     for k, (prep, _) in preps.items():
-        by_p.setdefault(prep.ss.p, []).append(k)
-    for ks in by_p.values():
+        ss = prep.ss
+        by_qp.setdefault((ss.q, ss.p, ss.m if ss.q == 2 else 0), []).append(k)
+    for (q, _p, _m), ks in by_qp.items():
+        opt_batch = _core.optimize_ri_batch if q == 1 else _core.optimize_q2_batch
         for c in range(0, len(ks), RI_BATCH):
             chunk = ks[c : c + RI_BATCH]
             t0 = time.perf_counter()
-            opts = _core.optimize_ri_batch([preps[k][0].ss for k in chunk], reml, GRAD_TOL)
+            opts = opt_batch([preps[k][0].ss for k in chunk], reml, GRAD_TOL)
             share = (time.perf_counter() - t0) / len(chunk)
             for k, opt in zip(chunk, opts):
                 prep, info = preps[k]
