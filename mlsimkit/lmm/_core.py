@@ -1067,6 +1067,8 @@ def canonical_theta(theta, q, tril=None):
 
 def optimize_general(ss: SuffStats, reml: bool, theta0=None, rel_tol: float = 1e-3) -> OptResult:
     """Random intercept and slopes: quasi-Newton (L-BFGS-B) over theta with the analytic gradient.
+    With q = 2 (one slope) this is :func:`optimize_q2_batch` with a batch of one (BFGS on the
+    batched 2 x 2 criterion, the same boundary rule), so that batched and single fits agree.
 
     The criterion is invariant to the sign of each column of Lambda, so the diagonal need not be
     bounded: the optimiser runs unconstrained (a bounded gradient method can stall exactly on
