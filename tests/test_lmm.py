@@ -358,3 +358,68 @@ def test_statsmodels_backend_same_type(hsb):
     assert np.isfinite(s.df).all()
     with pytest.raises(MlsimkitError, match="backend"):
         lmm("MathAch ~ SES + (1 | School)", d, backend="nope")
+
+
+# ------------------------------------------------------------------------------------------
+# batched fits (fit_many) agree with single fits
+# ------------------------------------------------------------------------------------------
+def _sim_sets(k, m=12, nper=8, seed=5):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(k):
+        mi = m + i % 2  # two numbers of groups: batches of several, and padded statistics (RI)
+        g = np.repeat(np.arange(mi), nper)
+        x = rng.normal(size=g.size)
+        tau = [0.0, 0.3, 1.0, 2.0][i % 4]  # includes a boundary (theta = 0) case
+        y = 1 + 0.5 * x + tau * rng.normal(size=mi)[g] + 0.4 * rng.normal(size=mi)[g] * x + rng.normal(size=g.size)
+        out.append(pd.DataFrame({"g": [f"s{j}" for j in g], "x": x, "y": y}))
+    return out
+
+
+def _same_fit(a, b, tol=1e-8):
+    for u, v in ((a.fe_params, b.fe_params), (a.bse, b.bse), (a.theta, b.theta),
+                 (a.cov_re.to_numpy(), b.cov_re.to_numpy()), (a.sigma2, b.sigma2)):
+        np.testing.assert_allclose(np.asarray(u, float), np.asarray(v, float), rtol=tol, atol=tol)
+    assert a.criterion == pytest.approx(b.criterion, abs=tol)
+    assert a.converged == b.converged and a.singular == b.singular
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g)", "y ~ x + (1 + x | g)"])
+@pytest.mark.parametrize("reml", [True, False])
+def test_fit_many_batched_equals_single(formula, reml):
+    sets = _sim_sets(8)
+    bad = sets[2].assign(g="one")  # a single group: not identified
+    sets = sets[:3] + [bad] + sets[3:]
+    many = fit_many(formula, sets, reml=reml, errors="none")
+    loop = fit_many(formula, sets, reml=reml, errors="none", batch=False)
+    assert len(many) == len(sets) and many[3] is None and loop[3] is None
+    for k, d in enumerate(sets):
+        if k == 3:
+            continue
+        single = lmm(formula, d, reml=reml)
+        _same_fit(many[k], single)  # order preserved, others undisturbed by the failure
+        _same_fit(loop[k], single)
+        assert many[k].nobs == len(d)
+    assert any(r is not None and r.singular for r in many) or "x |" in formula
+    one = fit_many(formula, [sets[1]], reml=reml)
+    _same_fit(one[0], lmm(formula, sets[1], reml=reml), tol=1e-12)
+    with pytest.raises(MlsimkitError, match="at least two groups"):
+        fit_many(formula, sets, reml=reml)
+
+
+def test_ri_batch_kernel_matches_scalar_criterion():
+    from mlsimkit.lmm import _core
+
+    sss = []
+    for d in _sim_sets(5):
+        codes, lev = pd.factorize(d["g"], sort=True)
+        X = np.column_stack([np.ones(len(d)), d["x"]])
+        sss.append(SuffStats(d["y"].to_numpy(), X, np.ones((len(d), 1)), codes, len(lev)))
+    st = _core.RIStack(sss)
+    th = np.array([[0.0, 0.2, 1.5], [0.1, 0.7, 3.0], [0.05, 0.5, 9.0], [0.3, 0.4, 0.5], [2.0, 1.0, 0.0]])
+    for reml in (True, False):
+        dev, g = _core.ri_criterion_stack(th, st, reml)
+        for k, ss in enumerate(sss):
+            d1, g1 = _core.ri_criterion(th[k], ss, reml)
+            np.testing.assert_allclose(dev[k], d1, rtol=1e-12)
+            np.testing.assert_allclose(g[k], g1, rtol=1e-9, atol=1e-9)

@@ -10,8 +10,11 @@ Entry points
 
 Method
     Profiled REML/ML criterion from per-group sufficient statistics (Bates et al. 2015),
-    analytic gradient, Brent (random intercept) or L-BFGS-B (random slopes) over the relative
-    Cholesky factor theta, with an explicit boundary check.  Satterthwaite df as lmerTest.
+    analytic gradient, a safeguarded secant on the derivative (random intercept), BFGS (one
+    random slope) or L-BFGS-B (more slopes) over the relative Cholesky factor theta, with an
+    explicit boundary check.  Random-intercept and one-slope models are fitted for many data
+    sets at once by :func:`fit_many` (stacked statistics, one vectorised criterion evaluation
+    per step for all of them); a single fit is a batch of one.  Satterthwaite df as lmerTest.
     See ``_core`` and ``_model`` for the formulas and ``benchmarks/statsmodels_vs_lme4.md`` for
     validation against lme4.
 """

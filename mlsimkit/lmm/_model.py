@@ -455,34 +455,80 @@ class LMMDesign:
         return r
 
 
-def fit_many(formula: str, datasets, reml: bool = True, *, by: str | None = None, errors: str = "raise"):
+def fit_many(formula: str, datasets, reml: bool = True, *, by: str | None = None, errors: str = "raise",
+             batch: bool = True):
     """Fit the same formula to many data sets (a list of DataFrames, or one DataFrame split by
     the column ``by``).  Returns a list of results in order (``errors="none"``: a failed fit
-    gives ``None`` instead of raising).  The formula is parsed once.
+    gives ``None`` instead of raising, for that data set only).  The formula is parsed once.
+
+    ``batch=True`` (default): random-intercept models and models with a random intercept and one
+    slope are fitted for all data sets together (their sufficient statistics are stacked and the
+    profiled criterion is evaluated for all of them in each step,
+    :func:`mlsimkit.lmm._core.optimize_ri_batch`, :func:`mlsimkit.lmm._core.optimize_q2_batch`);
+    single fits (:func:`lmm`) run the same kernels with a batch of one, so the estimates are the
+    same.  Other models are fitted one after the other.
+    ``batch=False`` fits one data set after the other.  A result's ``fit_time`` is the time of
+    its design plus its share of the batch's optimisation.
     """
+    if errors not in ("raise", "none"):
+        raise LMMError(f"errors='{errors}': expected 'raise' or 'none'")
     parsed = parse_formula(formula)
     if parsed.group is None:
         raise LMMError(f"formula {formula!r} has no random-effects term '(... | group)'")
     if by is not None:
         datasets = [d for _, d in datasets.groupby(by, sort=True, observed=True)]
-    out = []
     with single_thread_blas():
-        out = _fit_list(parsed, formula, datasets, reml, errors)
-    return out
+        return _fit_list(parsed, formula, datasets, reml, errors, batch)
 
 
-def _fit_list(parsed, formula, datasets, reml, errors):
-    out = []
-    for d in datasets:
+RI_BATCH = 256  # data sets per batched random-intercept optimisation (bounds the work arrays)
+
+
+def _fit_list(parsed, formula, datasets, reml, errors, batch=True):
+    datasets = list(datasets)
+    out = [None] * len(datasets)
+    preps = {}
+    ptime = {}
+    for k, d in enumerate(datasets):
         t0 = time.perf_counter()
         try:
             y, X, Z, g, info = build_design(parsed, d)
             prep = prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response)
-            r = _fit_prepared(prep, reml, t0)
-            r.info, r.formula = info, formula
         except LMMError:
             if errors == "raise":
                 raise
-            r = None
-        out.append(r)
+            continue
+        if not (batch and prep.ss.q <= 2):
+            r = _fit_prepared(prep, reml, t0)
+            r.info, r.formula = info, formula
+            out[k] = r
+            continue
+        preps[k] = (prep, info)
+        ptime[k] = time.perf_counter() - t0
+    # random intercept (q = 1) or intercept and slope (q = 2): one batched optimisation per
+    # (q, number of fixed effects) and, for q = 2, number of groups: padding with empty groups
+    # changes the order of floating-point sums, and BFGS, which stops at a gradient tolerance,
+    # could then stop a rounding-level step away from where the data set alone stops (the
+    # random-intercept root is solved to 1e-14, padding does not show there)
+    by_qp = {}
+    for k, (prep, _) in preps.items():
+        ss = prep.ss
+        by_qp.setdefault((ss.q, ss.p, ss.m if ss.q == 2 else 0), []).append(k)
+    for (q, _p, _m), ks in by_qp.items():
+        opt_batch = _core.optimize_ri_batch if q == 1 else _core.optimize_q2_batch
+        for c in range(0, len(ks), RI_BATCH):
+            chunk = ks[c : c + RI_BATCH]
+            t0 = time.perf_counter()
+            opts = opt_batch([preps[k][0].ss for k in chunk], reml, GRAD_TOL)
+            share = (time.perf_counter() - t0) / len(chunk)
+            for k, opt in zip(chunk, opts):
+                prep, info = preps[k]
+                if isinstance(opt, Exception):
+                    if errors == "raise":
+                        raise LMMIdentificationError(
+                            f"data set {k}: the fixed effects are collinear at the optimum ({opt})")
+                    continue
+                r = LMMResult._from_opt(prep, opt, reml, ptime[k] + share)
+                r.info, r.formula = info, formula
+                out[k] = r
     return out
