@@ -120,29 +120,32 @@ for (f in files) {
 """
 
 
-def time_lme4(frames: dict, reps: int):
-    """Median lmer() time per (data name, model); {} if R/lme4 is not available."""
+def run_r(script: str, frames: dict, *args: str, timeout: int) -> list:
+    """Run the R ``script`` on the ``frames`` written as ``<name>.csv`` (command line: ``args``, then the
+    files); its output lines ``<name>.csv <model> <seconds>`` as ``(name, model, seconds)``; [] if R/lme4
+    is not available."""
     if shutil.which("Rscript") is None:
-        return {}
+        return []
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for name, df in frames.items():
-            p = Path(tmp) / f"{name}.csv"
-            df.to_csv(p, index=False)
-            files.append(str(p))
-        script = Path(tmp) / "bench.R"
-        script.write_text(R_SCRIPT)
+            f = Path(tmp) / f"{name}.csv"
+            df.to_csv(f, index=False)
+            files.append(str(f))
+        path = Path(tmp) / "bench.R"
+        path.write_text(script)
         try:
-            out = subprocess.run(["Rscript", str(script), str(reps), *files], capture_output=True, text=True,
-                                 timeout=3600, check=True).stdout
+            out = subprocess.run(["Rscript", str(path), *args, *files], capture_output=True, text=True,
+                                 timeout=timeout, check=True).stdout
         except (subprocess.SubprocessError, OSError):
-            return {}
-    res = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            res[(parts[0].removesuffix(".csv"), parts[1])] = float(parts[2])
-    return res
+            return []
+    parts = [line.split() for line in out.splitlines()]
+    return [(p[0].removesuffix(".csv"), p[1], float(p[2])) for p in parts if len(p) == 3]
+
+
+def time_lme4(frames: dict, reps: int):
+    """Median lmer() time per (data name, model); {} if R/lme4 is not available."""
+    return {(name, model): sec for name, model, sec in run_r(R_SCRIPT, frames, str(reps), timeout=3600)}
 
 
 R_SWEEP = r"""
@@ -165,27 +168,8 @@ for (f in files) {
 
 def lme4_sweep(sets_by_j: dict):
     """Seconds per lmer() fit, a loop over each J's data sets in one Rscript process."""
-    if shutil.which("Rscript") is None:
-        return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for J, sets in sets_by_j.items():
-            f = Path(tmp) / f"J{J}.csv"
-            pd.concat([d.assign(rep=i) for i, d in enumerate(sets)]).to_csv(f, index=False)
-            files.append(str(f))
-        script = Path(tmp) / "sweep.R"
-        script.write_text(R_SWEEP)
-        try:
-            out = subprocess.run(["Rscript", str(script), *files], capture_output=True, text=True,
-                                 timeout=7200, check=True).stdout
-        except (subprocess.SubprocessError, OSError):
-            return {}
-    res = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            res[(int(parts[0].removesuffix(".csv")[1:]), parts[1])] = float(parts[2])
-    return res
+    frames = {f"J{J}": pd.concat([d.assign(rep=i) for i, d in enumerate(sets)]) for J, sets in sets_by_j.items()}
+    return {(int(name[1:]), model): sec for name, model, sec in run_r(R_SWEEP, frames, timeout=7200)}
 
 
 def per_fit(fn, k):
