@@ -772,7 +772,7 @@ def optimize_ri_batch(sss, reml: bool, rel_tol: float = 1e-3):
     The vectorised criterion is evaluated for every data set on a grid of theta (ICC from 1e-6
     to 0.9999) that includes the boundary theta = 0.  Where the analytic derivative changes sign
     around the best grid point, its root is found for all those data sets together
-    (:func:`_ri_roots`: Illinois regula falsi with bisection, to 1e-14 + 1e-13 |theta|);
+    (:func:`_ri_roots`: a safeguarded secant with bisection, to 1e-14 + 1e-13 |theta|);
     otherwise the criterion of that data set is minimised by bounded Brent (scipy).  The
     boundary value is always compared explicitly: the derivative at theta = 0 is exactly zero,
     so a gradient-only test could not see a boundary optimum.  :func:`optimize_ri` is this
