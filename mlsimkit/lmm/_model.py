@@ -481,7 +481,7 @@ def fit_many(formula: str, datasets, reml: bool = True, *, by: str | None = None
         return _fit_list(parsed, formula, datasets, reml, errors, batch)
 
 
-RI_BATCH = 256  # data sets per batched random-intercept optimisation (bounds the work arrays)
+BATCH = 256  # data sets per batched optimisation (q = 1 or 2; bounds the work arrays)
 
 
 def _fit_list(parsed, formula, datasets, reml, errors, batch=True):
@@ -516,8 +516,8 @@ def _fit_list(parsed, formula, datasets, reml, errors, batch=True):
         by_qp.setdefault((ss.q, ss.p, ss.m if ss.q == 2 else 0), []).append(k)
     for (q, _p, _m), ks in by_qp.items():
         opt_batch = _core.optimize_ri_batch if q == 1 else _core.optimize_q2_batch
-        for c in range(0, len(ks), RI_BATCH):
-            chunk = ks[c : c + RI_BATCH]
+        for c in range(0, len(ks), BATCH):
+            chunk = ks[c : c + BATCH]
             t0 = time.perf_counter()
             opts = opt_batch([preps[k][0].ss for k in chunk], reml, GRAD_TOL)
             share = (time.perf_counter() - t0) / len(chunk)
