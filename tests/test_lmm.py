@@ -407,6 +407,32 @@ def test_fit_many_batched_equals_single(formula, reml):
         fit_many(formula, sets, reml=reml)
 
 
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("exc", ["NotPositiveDefinite", "LMMIdentificationError"])
+def test_fit_many_final_fit_failure_gives_none(monkeypatch, batch, exc):
+    """errors="none": a data set whose *final* fit fails (after its design was prepared) gives
+    None on the single path as on the batched one, and the others are fitted; errors="raise"
+    raises."""
+    from mlsimkit.lmm import _core, errors
+
+    formula = "y ~ x + (1 + x | g)"
+    sets = _sim_sets(4)
+    sets[1] = sets[1].iloc[:-1]  # the only data set with this many rows: the one that fails
+    bad_n = len(sets[1])
+    err = getattr(_core, exc, None) or getattr(errors, exc)
+    real = _core.optimize_q2_batch
+
+    def q2_batch(sss, *a, **kw):  # single fits (optimize_general) are batches of one
+        out = real(sss, *a, **kw)
+        return [err("not positive definite at the optimum") if ss.n == bad_n else o for ss, o in zip(sss, out)]
+
+    monkeypatch.setattr(_core, "optimize_q2_batch", q2_batch)
+    res = fit_many(formula, sets, errors="none", batch=batch)
+    assert res[1] is None and all(r is not None for k, r in enumerate(res) if k != 1)
+    with pytest.raises((MlsimkitError, ArithmeticError), match="positive definite"):
+        fit_many(formula, sets, batch=batch)
+
+
 def test_ri_batch_kernel_matches_scalar_criterion():
     from mlsimkit.lmm import _core
 

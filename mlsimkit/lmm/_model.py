@@ -494,14 +494,14 @@ def _fit_list(parsed, formula, datasets, reml, errors, batch=True):
         try:
             y, X, Z, g, info = build_design(parsed, d)
             prep = prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response)
-        except LMMError:
+            if not (batch and prep.ss.q <= 2):
+                r = _fit_prepared(prep, reml, t0)
+                r.info, r.formula = info, formula
+                out[k] = r
+                continue
+        except (LMMError, _core.NotPositiveDefinite):  # design, identification or final fit
             if errors == "raise":
                 raise
-            continue
-        if not (batch and prep.ss.q <= 2):
-            r = _fit_prepared(prep, reml, t0)
-            r.info, r.formula = info, formula
-            out[k] = r
             continue
         preps[k] = (prep, info)
         ptime[k] = time.perf_counter() - t0
