@@ -56,18 +56,15 @@ class NotPositiveDefinite(ArithmeticError):
 def group_sums(y, X, Z, starts):
     """Per-group sums [vec Z_j'Z_j, vec Z_j'X_j, Z_j'y_j], one row per group, of rows sorted by
     group (``starts``: each group's first row): one reduceat over the row-wise products
-    [Z (x) Z, Z (x) X, Z y].  Rows of several data sets stacked give each data set's own sums."""
+    [Z (x) Z, Z (x) X, Z y] (laid out one product per row: reduceat along contiguous rows is
+    the faster, same sums).  Rows of several data sets stacked give each data set's own sums."""
     n, p = X.shape
     q = Z.shape[1]
-    rows = np.concatenate(
-        [
-            (Z[:, :, None] * Z[:, None, :]).reshape(n, q * q),
-            (Z[:, :, None] * X[:, None, :]).reshape(n, q * p),
-            Z * y[:, None],
-        ],
-        axis=1,
-    )
-    return np.add.reduceat(rows, starts, axis=0)
+    rows = np.empty((q * q + q * p + q, n))
+    rows[: q * q] = (Z.T[:, None, :] * Z.T[None, :, :]).reshape(q * q, n)
+    rows[q * q : q * q + q * p] = (Z.T[:, None, :] * X.T[None, :, :]).reshape(q * p, n)
+    rows[q * q + q * p :] = Z.T * y
+    return np.add.reduceat(rows, starts, axis=1).T
 
 
 class SuffStats:

@@ -225,8 +225,9 @@ def check_columns(data: pd.DataFrame, names, formula: str):
             raise LMMDataError(f"column '{v}' has {int(miss.sum())} missing value(s); drop or impute them before fitting")
 
 
-def design_info(parsed: ParsedFormula, data: pd.DataFrame) -> DesignInfo:
-    """How each predictor of ``parsed`` enters for these data (its :class:`Coding`), and which
+def design_info(parsed: ParsedFormula, data) -> DesignInfo:
+    """How each predictor of ``parsed`` enters for these ``data`` (a DataFrame, or a mapping of
+    its columns; the predictors' :class:`Coding`), and which
     categorical main effect takes all its levels where a part has no intercept; the column
     names are filled in by :func:`build_design`.  Data sets with equal codings get equal designs
     (``fit_many`` builds theirs together)."""
@@ -244,12 +245,16 @@ def design_info(parsed: ParsedFormula, data: pd.DataFrame) -> DesignInfo:
     return info
 
 
-def build_design(parsed: ParsedFormula, data: pd.DataFrame, info: DesignInfo | None = None, need_y=True):
-    """Return (y, X, Z, group_values, info).  ``info`` given: reuse its codings (new data)."""
+def build_design(parsed: ParsedFormula, data: pd.DataFrame, info: DesignInfo | None = None, need_y=True,
+                 checked=False):
+    """Return (y, X, Z, group_values, info).  ``info`` given: reuse its codings (new data).
+    ``checked``: the caller has run :func:`check_columns`' checks itself (``fit_many``, per
+    data set of a stack)."""
     vs = variables(parsed)
     if not need_y:
         vs = vs[1:]
-    check_columns(data, vs, parsed.formula)
+    if not checked:
+        check_columns(data, vs, parsed.formula)
     n = len(data)
     if info is None:
         info = design_info(parsed, data)

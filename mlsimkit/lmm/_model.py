@@ -538,45 +538,51 @@ def prepare_many(parsed: ParsedFormula, datasets: list) -> list:
     (numeric, or categorical with the same levels; :func:`design_info`) have the same design
     columns; for each such set of data sets (:func:`_prepare_stack`) the columns are stacked and
     the design built once, the rows sorted by (data set, group) with one stable argsort, the
-    per-group statistics summed in one reduceat and the identification checks of
-    :func:`prepare` screened for all data sets at once.  A data set the batch cannot vouch for
-    (missing values, a non-DataFrame, fewer than two groups, singleton groups only, n <= p,
-    non-finite values, possibly collinear columns, ...) goes through :func:`_prepare_single`
-    alone, so each error is the single path's own, class and message.  The rows, group codes
-    and sufficient statistics of a data set are those :func:`prepare` computes (the same sort,
-    the same group sums, X'X from the same matrix product).
+    per-group statistics summed in one reduceat and the checks of :func:`prepare` screened for
+    all data sets at once.  A data set the batch cannot vouch for (missing or non-finite values,
+    not a DataFrame, fewer than two groups, singleton groups only, n <= p, possibly collinear
+    columns, ...) goes through :func:`_prepare_single` alone, so each error is the single
+    path's own, class and message.  The rows, group codes and sufficient statistics of a data
+    set are those :func:`prepare` computes (the same sort, the same group sums, X'X from the
+    same matrix product).
     """
     out = [None] * len(datasets)
     vs = variables(parsed)
-    by_design = {}  # (dtypes, codings) -> (DesignInfo, data set numbers)
+    by_design = {}  # (dtypes, codings) -> (DesignInfo, [(data set number, its columns)])
     for k, d in enumerate(datasets):
         if not (isinstance(d, pd.DataFrame) and len(d) > 1 and d.columns.is_unique
                 and all(v in d.columns for v in vs)):
             continue
+        cols = {v: d[v] for v in vs}
         try:
-            info = design_info(parsed, d)
+            info = design_info(parsed, cols)
         except LMMError:
             continue
-        key = (tuple(d[v].dtype for v in vs),
+        key = (tuple(c.dtype for c in cols.values()),
                tuple((v, c.kind, c.levels) for v, c in info.codings.items()))
-        by_design.setdefault(key, (info, []))[1].append(k)
-    for info, ks in by_design.values():
-        for k, pr in zip(ks, _prepare_stack(parsed, info, [datasets[k] for k in ks])):
+        by_design.setdefault(key, (info, []))[1].append((k, cols))
+    for info, members in by_design.values():
+        for (k, _), pr in zip(members, _prepare_stack(parsed, info, [cols for _, cols in members])):
             out[k] = pr
     return [pr if pr is not None else _prepare_single(parsed, datasets[k]) for k, pr in enumerate(out)]
 
 
 def _prepare_stack(parsed: ParsedFormula, info: DesignInfo, frames: list) -> list:
-    """``(Prepared, info)`` for each of ``frames`` (data sets with one design, ``info``), or
-    None for a data set to be prepared alone (see :func:`prepare_many`)."""
+    """``(Prepared, info)`` for each of ``frames`` (the columns of data sets with one design,
+    ``info``), or None for a data set to be prepared alone (see :func:`prepare_many`)."""
     K = len(frames)
     vs = variables(parsed)
-    stack = pd.DataFrame({v: np.concatenate([d[v].to_numpy() for d in frames]) for v in vs}, copy=False)
-    n = np.array([len(d) for d in frames])
+    stack = pd.DataFrame({v: np.concatenate([f[v].to_numpy() for f in frames]) for v in vs}, copy=False)
+    n = np.array([len(f[vs[0]]) for f in frames])
     row0 = np.concatenate(([0], np.cumsum(n)[:-1]))  # each data set's first row
-    holes = np.zeros(len(stack), dtype=bool)
+    try:
+        gc, glev = pd.factorize(stack[parsed.group].to_numpy(), sort=True)
+    except TypeError:  # group labels that do not sort together (say numbers and text)
+        return [None] * K
+    # check_columns, per data set: the group column's missing values are its codes -1
+    holes = gc < 0
     for v in vs:
-        miss = missing(stack[v])
+        miss = missing(stack[v]) if v != parsed.group else None
         if miss is not None:
             holes |= miss
     holes = np.logical_or.reduceat(holes, row0)
@@ -587,36 +593,41 @@ def _prepare_stack(parsed: ParsedFormula, info: DesignInfo, frames: list) -> lis
             out[k] = pr
         return out
     try:
-        y, X, Z, g, _ = build_design(parsed, stack, info=info)
-        gc, glev = pd.factorize(g, sort=True)
-    except (LMMError, TypeError):  # e.g. a non-numeric response: the single path's message
+        y, X, Z, _, _ = build_design(parsed, stack, info=info, checked=True)
+    except LMMError:  # e.g. a non-numeric response: the single path's message
         return [None] * K
     N, p = X.shape
-    if Z.shape[1] == 0 or np.any(gc < 0):
+    if Z.shape[1] == 0:
         return [None] * K
     # rows sorted by (data set, group), stably: within a data set the order prepare sorts to
     key = np.repeat(np.arange(K), n) * len(glev) + gc
-    order = np.argsort(key, kind="stable")
-    y, X, Z, key = y[order], X[order], Z[order], key[order]
+    resorted = np.zeros(K, dtype=bool)
+    order = None
+    if np.any(key[1:] < key[:-1]):
+        order = np.argsort(key, kind="stable")
+        y, X, Z, key = y[order], np.take(X, order, axis=0), np.take(Z, order, axis=0), key[order]
+        resorted = np.logical_or.reduceat(order != np.arange(N), row0)
     new = np.concatenate(([True], key[1:] != key[:-1]))
     gstart = np.flatnonzero(new)  # first row of each (data set, group)
     gid = np.cumsum(new) - 1  # row -> its (data set, group)
     m = np.bincount(key[gstart] // len(glev), minlength=K)  # groups per data set
     g0 = np.concatenate(([0], np.cumsum(m)[:-1]))  # each data set's first group
     nj = np.diff(np.append(gstart, N))
-    # prepare's identification checks, screened; a flagged data set is prepared alone
-    finite = np.isfinite(y) & np.isfinite(X).all(axis=1) & np.isfinite(Z).all(axis=1)
-    alone = (m < 2) | (np.maximum.reduceat(nj, g0) <= 1) | (n <= p) | ~np.logical_and.reduceat(finite, row0)
-    resorted = np.logical_or.reduceat(order != np.arange(N), row0)
+    sums = _core.group_sums(y, X, Z, gstart)
+    # prepare's checks, screened (non-finite values show in the group sums: Z'Z holds Z^2, and
+    # with Z's, X's or y's non-finite entries Z'X and Z'y or X'X, X'y, y'y below are non-finite)
+    alone = ((m < 2) | (np.maximum.reduceat(nj, g0) <= 1) | (n <= p)
+             | ~np.logical_and.reduceat(np.isfinite(sums).all(axis=1), g0))
     rng_ = np.maximum.reduceat(X, gstart, axis=0) - np.minimum.reduceat(X, gstart, axis=0)
     level2 = _level2(np.maximum.reduceat(rng_, g0, axis=0), np.maximum.reduceat(np.abs(X), row0, axis=0))
-    sums = _core.group_sums(y, X, Z, gstart)
     levels = np.asarray(glev)[key[gstart] % len(glev)]
     out = [None] * K
     for k in np.flatnonzero(~alone):
         a, b, ga, gb = row0[k], row0[k] + n[k], g0[k], g0[k] + m[k]
         codes = gid[a:b] - ga
         ss = _core.SuffStats(y[a:b], X[a:b], Z[a:b], codes, int(m[k]), sums=sums[ga:gb])
+        if not (np.isfinite(ss.XtX).all() and np.isfinite(ss.Xty).all() and np.isfinite(ss.yty)):
+            continue
         out[k] = (Prepared(y[a:b], X[a:b], Z[a:b], codes, levels[ga:gb], order[a:b] - a if resorted[k] else None,
                            gstart[ga:gb] - a, ss, info.fe_names, info.re_names, parsed.group, level2[k]), info)
     done = [k for k in range(K) if out[k] is not None]
