@@ -474,7 +474,8 @@ def _failing_sets(d):
     }
 
 
-DESIGN_FORMULAS = ["y ~ x + c + s + w + x:c + (1 | g)", "y ~ x + c + s + w + (1 + x | g)"]
+DESIGN_FORMULAS = ["y ~ x + c + s + w + x:c + (1 | g)", "y ~ x + c + s + w + (1 + x | g)",
+                   "y ~ x + c + s + w + (1 + x + w | g)"]  # q = 1, 2 (batched optimiser) and 3
 
 
 @pytest.mark.parametrize("formula", DESIGN_FORMULAS)

@@ -544,7 +544,7 @@ def prepare_many(parsed: ParsedFormula, datasets: list) -> list:
     columns, ...) goes through :func:`_prepare_single` alone, so each error is the single
     path's own, class and message.  The rows, group codes and sufficient statistics of a data
     set are those :func:`prepare` computes (the same sort, the same group sums, X'X from the
-    same matrix product).
+    same matrix product); its y, X and Z are views of the stack.
     """
     out = [None] * len(datasets)
     vs = variables(parsed)
@@ -613,12 +613,13 @@ def _prepare_stack(parsed: ParsedFormula, info: DesignInfo, frames: list) -> lis
     m = np.bincount(key[gstart] // len(glev), minlength=K)  # groups per data set
     g0 = np.concatenate(([0], np.cumsum(m)[:-1]))  # each data set's first group
     nj = np.diff(np.append(gstart, N))
-    sums = _core.group_sums(y, X, Z, gstart)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite data sets go alone below
+        sums = _core.group_sums(y, X, Z, gstart)
+        rng_ = np.maximum.reduceat(X, gstart, axis=0) - np.minimum.reduceat(X, gstart, axis=0)
     # prepare's checks, screened (non-finite values show in the group sums: Z'Z holds Z^2, and
     # with Z's, X's or y's non-finite entries Z'X and Z'y or X'X, X'y, y'y below are non-finite)
     alone = ((m < 2) | (np.maximum.reduceat(nj, g0) <= 1) | (n <= p)
              | ~np.logical_and.reduceat(np.isfinite(sums).all(axis=1), g0))
-    rng_ = np.maximum.reduceat(X, gstart, axis=0) - np.minimum.reduceat(X, gstart, axis=0)
     level2 = _level2(np.maximum.reduceat(rng_, g0, axis=0), np.maximum.reduceat(np.abs(X), row0, axis=0))
     levels = np.asarray(glev)[key[gstart] % len(glev)]
     out = [None] * K
