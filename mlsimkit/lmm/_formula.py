@@ -227,10 +227,10 @@ def check_columns(data: pd.DataFrame, names, formula: str):
 
 def design_info(parsed: ParsedFormula, data) -> DesignInfo:
     """How each predictor of ``parsed`` enters for these ``data`` (a DataFrame, or a mapping of
-    its columns; the predictors' :class:`Coding`), and which
-    categorical main effect takes all its levels where a part has no intercept; the column
-    names are filled in by :func:`build_design`.  Data sets with equal codings get equal designs
-    (``fit_many`` builds theirs together)."""
+    its columns): the predictors' :class:`Coding` and, where a part has no intercept, which
+    categorical main effect takes all its levels; the column names are filled in by
+    :func:`build_design`.  Data sets with equal codings get equal design columns (``fit_many``
+    builds theirs together)."""
     info = DesignInfo(parsed)
     for v in variables(parsed):
         if v != parsed.response and v != parsed.group:
