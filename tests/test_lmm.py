@@ -407,6 +407,141 @@ def test_fit_many_batched_equals_single(formula, reml):
         fit_many(formula, sets, reml=reml)
 
 
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("exc", ["NotPositiveDefinite", "LMMIdentificationError"])
+def test_fit_many_final_fit_failure_gives_none(monkeypatch, batch, exc):
+    """errors="none": a data set whose *final* fit fails (after its design was prepared) gives
+    None on the single path as on the batched one, and the others are fitted; errors="raise"
+    raises."""
+    from mlsimkit.lmm import _core, errors
+
+    formula = "y ~ x + (1 + x | g)"
+    sets = _sim_sets(4)
+    sets[1] = sets[1].iloc[:-1]  # the only data set with this many rows: the one that fails
+    bad_n = len(sets[1])
+    err = getattr(_core, exc, None) or getattr(errors, exc)
+    real = _core.optimize_q2_batch
+
+    def q2_batch(sss, *a, **kw):  # single fits (optimize_general) are batches of one
+        out = real(sss, *a, **kw)
+        return [err("not positive definite at the optimum") if ss.n == bad_n else o for ss, o in zip(sss, out)]
+
+    monkeypatch.setattr(_core, "optimize_q2_batch", q2_batch)
+    res = fit_many(formula, sets, errors="none", batch=batch)
+    assert res[1] is None and all(r is not None for k, r in enumerate(res) if k != 1)
+    with pytest.raises((MlsimkitError, ArithmeticError), match="positive definite"):
+        fit_many(formula, sets, batch=batch)
+
+
+def _design_sets():
+    """Data sets of one formula for the stacked preparation of fit_many: categorical predictors
+    (object and Categorical), a level-2 predictor, rows not sorted by group, string groups
+    whose sorted order is not their numeric order ('s10' < 's2'), integer groups, and
+    different numbers of groups and of students."""
+    rng = np.random.default_rng(11)
+    out = []
+    for i in range(9):
+        m, nper = [6, 11, 12][i % 3], [5, 7][i % 2]
+        g = np.repeat(np.arange(m), nper)
+        x = rng.normal(size=g.size)
+        c = rng.choice(["a", "b", "c"], size=g.size)
+        s = pd.Categorical(rng.choice(["Public", "Catholic"], size=m)[g], categories=["Public", "Catholic"])
+        w = np.repeat(rng.normal(size=m), nper)
+        y = (1 + 0.5 * x + 0.3 * (c == "b") + 0.8 * w + (s == "Catholic") + [0.0, 0.7][i % 2] * rng.normal(size=m)[g]
+             + 0.4 * rng.normal(size=m)[g] * x + rng.normal(size=g.size))
+        groups = g + 100 if i % 4 == 3 else np.array([f"s{j}" for j in g], dtype=object)
+        d = pd.DataFrame({"g": groups, "x": x, "c": c, "s": s, "w": w, "y": y})
+        out.append(d.sample(frac=1.0, random_state=i).reset_index(drop=True))
+    out[4] = out[4].assign(c=np.where(out[4]["c"] == "c", "a", out[4]["c"]))  # level 'c' missing here
+    return out
+
+
+def _failing_sets(d):
+    """Variants of the data set d that a single fit refuses, each for another reason."""
+    one_obs = d.drop_duplicates("g")
+    nan_x = d.copy()
+    nan_x.loc[3, "x"] = np.nan
+    return {
+        "one group": d.assign(g=d["g"].iloc[0]),
+        "singleton groups": one_obs,
+        "collinear": d.assign(w=2 * d["x"] + 1),
+        "unused category": d.assign(s=pd.Categorical(["Public"] * len(d), categories=["Public", "Catholic"])),
+        "missing value": nan_x,
+        "infinite value": d.assign(w=np.where(np.arange(len(d)) == 2, np.inf, d["w"])),
+        "text response": d.assign(y=d["y"].astype(str)),
+        "missing column": d.drop(columns="w"),
+        "n <= p": d.iloc[:6],
+    }
+
+
+DESIGN_FORMULAS = ["y ~ x + c + s + w + x:c + (1 | g)", "y ~ x + c + s + w + (1 + x | g)",
+                   "y ~ x + c + s + w + (1 + x + w | g)"]  # q = 1, 2 (batched optimiser) and 3
+
+
+@pytest.mark.parametrize("formula", DESIGN_FORMULAS)
+def test_fit_many_stacked_designs_equal_single(formula, monkeypatch):
+    """The stacked preparation gives each data set the single fit's results (categorical
+    predictors, a level missing in one data set, unsorted and integer groups, mixed sizes), and
+    every data set it cannot vouch for goes through the single path (and gives None)."""
+    from mlsimkit.lmm import _model
+
+    sets = _design_sets()
+    bad = _failing_sets(sets[1])
+    mixed = sets[:2] + list(bad.values()) + sets[2:]
+    alone = []
+    real = _model._prepare_single
+    monkeypatch.setattr(_model, "_prepare_single", lambda parsed, d: alone.append(len(d)) or real(parsed, d))
+    res = fit_many(formula, mixed, errors="none")
+    assert sorted(alone) == sorted(len(d) for d in bad.values())  # the good ones were stacked
+    good = sets[:2] + [None] * len(bad) + sets[2:]
+    for d, r in zip(good, res):
+        if d is None:
+            assert r is None
+            continue
+        single = lmm(formula, d)
+        _same_fit(r, single)
+        assert list(r.fe_params.index) == list(single.fe_params.index)
+        assert r.level2.equals(single.level2)
+        pd.testing.assert_frame_equal(r.ranef, single.ranef, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(r.predict(), single.predict(), rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(r.predict(d.iloc[::-1]), single.predict(d.iloc[::-1]), rtol=1e-8, atol=1e-8)
+    assert "c[T.c]" not in res[6 + len(bad) - 2].fe_params.index  # sets[4], its level 'c' missing
+
+
+@pytest.mark.parametrize("why", list(_failing_sets(_design_sets()[1])))
+def test_fit_many_stacked_errors_are_the_single_errors(why):
+    """errors="raise": a data set that a single fit refuses raises the same error (class and
+    message) from a batch of data sets of the same design."""
+    formula = DESIGN_FORMULAS[0]
+    sets = _design_sets()
+    bad = _failing_sets(sets[1])[why]
+    with pytest.raises(MlsimkitError) as single:
+        lmm(formula, bad)
+    with pytest.raises(MlsimkitError) as many:
+        fit_many(formula, [sets[0], bad, sets[2]])
+    assert type(many.value) is type(single.value) and str(many.value) == str(single.value)
+
+
+def test_full_rank_screen_vouches_only_for_what_prepare_accepts():
+    """The Gram-matrix screen of fit_many never passes a design that prepare's QR check calls
+    collinear (exactly, nearly, at the screen's edge, or with a zero column)."""
+    from mlsimkit.lmm._model import _collinear_columns, _surely_full_rank
+
+    rng = np.random.default_rng(3)
+    Xs, verdicts = [], []
+    for eps in [0.0, 1e-14, 1e-10, 1e-7, 1e-5, 1e-3, 1.0]:
+        X = rng.normal(size=(40, 3))
+        X[:, 2] = X[:, 0] - 2 * X[:, 1] + eps * rng.normal(size=40)
+        Xs.append(X)
+    Xs.append(np.column_stack([np.ones(40), np.zeros(40), rng.normal(size=40)]))
+    XtX = np.stack([X.T @ X for X in Xs])
+    screen = _surely_full_rank(XtX, np.full(len(Xs), 40))
+    for X, ok in zip(Xs, screen):
+        verdicts.append((ok, _collinear_columns(X, ["a", "b", "c"])))
+    assert all(not cols for ok, cols in verdicts if ok)
+    assert [ok for ok, _ in verdicts] == [False, False, False, False, False, True, True, False]
+
+
 def test_ri_batch_kernel_matches_scalar_criterion():
     from mlsimkit.lmm import _core
 

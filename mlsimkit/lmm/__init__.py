@@ -13,8 +13,9 @@ Method
     analytic gradient, a safeguarded secant on the derivative (random intercept), BFGS (one
     random slope) or L-BFGS-B (more slopes) over the relative Cholesky factor theta, with an
     explicit boundary check.  Random-intercept and one-slope models are fitted for many data
-    sets at once by :func:`fit_many` (stacked statistics, one vectorised criterion evaluation
-    per step for all of them); a single fit is a batch of one.  Satterthwaite df as lmerTest.
+    sets at once by :func:`fit_many` (designs built and checked for all data sets of one coding
+    in one pass, stacked statistics, one vectorised criterion evaluation per step for all of
+    them); a single fit is a batch of one.  Satterthwaite df as lmerTest.
     See ``_core`` and ``_model`` for the formulas and ``benchmarks/statsmodels_vs_lme4.md`` for
     validation against lme4.
 """

@@ -53,6 +53,20 @@ class NotPositiveDefinite(ArithmeticError):
 # --------------------------------------------------------------------------------------------
 # sufficient statistics
 # --------------------------------------------------------------------------------------------
+def group_sums(y, X, Z, starts):
+    """Per-group sums [vec Z_j'Z_j, vec Z_j'X_j, Z_j'y_j], one row per group, of rows sorted by
+    group (``starts``: each group's first row): one reduceat over the row-wise products
+    [Z (x) Z, Z (x) X, Z y] (laid out one product per row: reduceat along contiguous rows is
+    the faster, same sums).  Rows of several data sets stacked give each data set's own sums."""
+    n, p = X.shape
+    q = Z.shape[1]
+    rows = np.empty((q * q + q * p + q, n))
+    rows[: q * q] = (Z.T[:, None, :] * Z.T[None, :, :]).reshape(q * q, n)
+    rows[q * q : q * q + q * p] = (Z.T[:, None, :] * X.T[None, :, :]).reshape(q * p, n)
+    rows[q * q + q * p :] = Z.T * y
+    return np.add.reduceat(rows, starts, axis=1).T
+
+
 class SuffStats:
     """Per-group sufficient statistics of (y, X, Z) for one grouping factor.
 
@@ -62,7 +76,9 @@ class SuffStats:
 
     __slots__ = ("n", "p", "q", "m", "nj", "XtX", "Xty", "yty", "ZtZ", "ZtX", "Zty", "tril", "_ri", "_t")
 
-    def __init__(self, y, X, Z, codes, m):
+    def __init__(self, y, X, Z, codes, m, sums=None):
+        """``sums``: the data set's rows of :func:`group_sums` when already computed (``fit_many``
+        computes them for many data sets in one pass over their stacked rows, sorted by group)."""
         y = np.asarray(y, dtype=float)
         X = np.asarray(X, dtype=float)
         Z = np.asarray(Z, dtype=float)
@@ -75,17 +91,8 @@ class SuffStats:
             y, X, Z, codes = y[order], X[order], Z[order], codes[order]
         nj = np.bincount(codes, minlength=m)
         self.nj = nj
-        starts = np.concatenate(([0], np.cumsum(nj)[:-1]))
-        # one reduceat over the row-wise products [Z (x) Z, Z (x) X, Z y]
-        rows = np.concatenate(
-            [
-                (Z[:, :, None] * Z[:, None, :]).reshape(n, q * q),
-                (Z[:, :, None] * X[:, None, :]).reshape(n, q * p),
-                Z * y[:, None],
-            ],
-            axis=1,
-        )
-        sums = np.add.reduceat(rows, starts, axis=0)
+        if sums is None:
+            sums = group_sums(y, X, Z, np.concatenate(([0], np.cumsum(nj)[:-1])))
         self.ZtZ = sums[:, : q * q].reshape(m, q, q)
         self.ZtX = sums[:, q * q : q * q + q * p].reshape(m, q, p)
         self.Zty = sums[:, q * q + q * p :]

@@ -206,42 +206,58 @@ def variables(parsed: ParsedFormula):
     return vs
 
 
+def missing(s: pd.Series):
+    """Boolean mask of the missing values of a column (None for a dtype that cannot hold any)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return s.cat.codes.to_numpy() < 0
+    a = s.to_numpy()
+    return np.isnan(a) if a.dtype.kind in "fc" else (pd.isna(a) if a.dtype.kind == "O" else None)
+
+
 def check_columns(data: pd.DataFrame, names, formula: str):
     if not isinstance(data, pd.DataFrame):
         raise LMMDataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     for v in names:
         if v not in data.columns:
             raise LMMDataError(f"formula {formula!r}: column '{v}' is not in the data (columns: {list(data.columns)})")
-        s = data[v]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            miss = s.cat.codes.to_numpy() < 0
-        else:
-            a = s.to_numpy()
-            miss = np.isnan(a) if a.dtype.kind in "fc" else (pd.isna(a) if a.dtype.kind == "O" else None)
+        miss = missing(data[v])
         if miss is not None and miss.any():
             raise LMMDataError(f"column '{v}' has {int(miss.sum())} missing value(s); drop or impute them before fitting")
 
 
-def build_design(parsed: ParsedFormula, data: pd.DataFrame, info: DesignInfo | None = None, need_y=True):
-    """Return (y, X, Z, group_values, info).  ``info`` given: reuse its codings (new data)."""
+def design_info(parsed: ParsedFormula, data) -> DesignInfo:
+    """How each predictor of ``parsed`` enters for these ``data`` (a DataFrame, or a mapping of
+    its columns): the predictors' :class:`Coding` and, where a part has no intercept, which
+    categorical main effect takes all its levels; the column names are filled in by
+    :func:`build_design`.  Data sets with equal codings get equal design columns (``fit_many``
+    builds theirs together)."""
+    info = DesignInfo(parsed)
+    for v in variables(parsed):
+        if v != parsed.response and v != parsed.group:
+            info.codings[v] = _coding_of(data[v], v)
+    for part, terms, icpt in (("fixed", parsed.fixed_terms, parsed.fixed_intercept),
+                              ("random", parsed.re_terms, parsed.re_intercept)):
+        if not icpt:
+            for t in terms:
+                if len(t) == 1 and info.codings[t[0]].kind == "cat":
+                    info.full_rank_first_cat[part] = t[0]
+                    break
+    return info
+
+
+def build_design(parsed: ParsedFormula, data: pd.DataFrame, info: DesignInfo | None = None, need_y=True,
+                 checked=False):
+    """Return (y, X, Z, group_values, info).  ``info`` given: reuse its codings (new data).
+    ``checked``: the caller has run :func:`check_columns`' checks itself (``fit_many``, per
+    data set of a stack)."""
     vs = variables(parsed)
     if not need_y:
         vs = vs[1:]
-    check_columns(data, vs, parsed.formula)
+    if not checked:
+        check_columns(data, vs, parsed.formula)
     n = len(data)
     if info is None:
-        info = DesignInfo(parsed)
-        for v in vs:
-            if v == parsed.response or v == parsed.group:
-                continue
-            info.codings[v] = _coding_of(data[v], v)
-        for part, terms, icpt in (("fixed", parsed.fixed_terms, parsed.fixed_intercept),
-                                  ("random", parsed.re_terms, parsed.re_intercept)):
-            if not icpt:
-                for t in terms:
-                    if len(t) == 1 and info.codings[t[0]].kind == "cat":
-                        info.full_rank_first_cat[part] = t[0]
-                        break
+        info = design_info(parsed, data)
     y = None
     if need_y:
         ys = data[parsed.response]

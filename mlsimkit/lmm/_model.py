@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import linalg, stats
 
 from . import _core
-from ._formula import DesignInfo, build_design, parse_formula
+from ._formula import DesignInfo, ParsedFormula, build_design, design_info, missing, parse_formula, variables
 from .errors import LMMDataError, LMMError, LMMIdentificationError
 
 _CONTROLLER = None
@@ -53,6 +53,11 @@ def _check_finite(a, what, names):
         )
 
 
+def _collinear_tol(n, p):
+    """Below this |R_jj| (QR of the column-scaled X, n x p) a column counts as collinear."""
+    return np.maximum(n, p) * np.finfo(float).eps * 1e3
+
+
 def _collinear_columns(X, names):
     """Names of columns that are (numerically) linear combinations of earlier ones, or []."""
     if X.shape[1] == 0:
@@ -62,8 +67,35 @@ def _collinear_columns(X, names):
         return [names[j] for j in np.nonzero(scale == 0)[0]]
     R = np.linalg.qr(X / scale, mode="r")
     d = np.abs(np.diag(R))
-    tol = max(X.shape) * np.finfo(float).eps * 1e3
-    return [names[j] for j in np.nonzero(d < tol)[0]]
+    return [names[j] for j in np.nonzero(d < _collinear_tol(*X.shape))[0]]
+
+
+def _surely_full_rank(XtX, n):
+    """For Gram matrices X'X (K, p, p) of data sets of n (K,) rows: True where
+    :func:`_collinear_columns` surely finds no collinear column, from X'X alone (a screen for
+    many data sets at once; a data set it does not vouch for is checked by :func:`prepare`).
+
+    With C the correlation-scaled X'X, sigma_min(X / scale) = sqrt(lambda_min(C)), and every
+    diagonal element of a triangular R with R'R = C satisfies |R_jj| >= sigma_min(R).  So
+    lambda_min(C) well above tol^2, and above the rounding of C and of its eigenvalues
+    (about p n eps), means no |R_jj| of prepare's QR is below its tolerance.
+    """
+    K, p = XtX.shape[:2]
+    if p == 0:
+        return np.ones(K, dtype=bool)
+    d = np.sqrt(np.einsum("kii->ki", XtX))
+    ok = np.all(d > 0, axis=1)
+    d = np.where(d > 0, d, 1.0)
+    lam = np.linalg.eigvalsh(XtX / (d[:, :, None] * d[:, None, :]))[:, 0]
+    floor = np.maximum.reduce([(10 * _collinear_tol(n, p)) ** 2, 1e3 * p * n * np.finfo(float).eps,
+                               np.full(K, 1e-8)])
+    return ok & (lam > floor)
+
+
+def _level2(max_range, abs_max):
+    """Level-2 columns: the largest within-group range of the column (max_range) is zero up to
+    rounding relative to the column's largest |value| (abs_max)."""
+    return max_range <= 1e-12 * np.maximum(abs_max, 1e-300)
 
 
 @dataclass
@@ -134,7 +166,7 @@ def prepare(y, X, Z, groups, fe_names=None, re_names=None, group_name="group", r
     starts = np.concatenate(([0], np.cumsum(nj)[:-1]))
     ss = _core.SuffStats(y, X, Z, codes, m)
     rng_ = np.maximum.reduceat(X, starts, axis=0) - np.minimum.reduceat(X, starts, axis=0)
-    level2 = np.all(rng_ <= 1e-12 * np.maximum(np.abs(X).max(axis=0), 1e-300), axis=0)
+    level2 = _level2(rng_.max(axis=0, initial=0.0), np.abs(X).max(axis=0, initial=0.0))
     return Prepared(y, X, Z, codes, np.asarray(levels), order, starts, ss, fe_names, re_names, group_name, level2)
 
 
@@ -466,9 +498,11 @@ def fit_many(formula: str, datasets, reml: bool = True, *, by: str | None = None
     profiled criterion is evaluated for all of them in each step,
     :func:`mlsimkit.lmm._core.optimize_ri_batch`, :func:`mlsimkit.lmm._core.optimize_q2_batch`);
     single fits (:func:`lmm`) run the same kernels with a batch of one, so the estimates are the
-    same.  Other models are fitted one after the other.
-    ``batch=False`` fits one data set after the other.  A result's ``fit_time`` is the time of
-    its design plus its share of the batch's optimisation.
+    same.  Other models are fitted one after the other.  The designs are prepared together too
+    (:func:`prepare_many`: one stacked design, sort and group sum per set of data sets with the
+    same codings), with the single path's results and errors.
+    ``batch=False`` fits one data set after the other.  A result's ``fit_time`` is its share of
+    the preparation plus its share of the batch's optimisation (``batch=False``: its own time).
     """
     if errors not in ("raise", "none"):
         raise LMMError(f"errors='{errors}': expected 'raise' or 'none'")
@@ -484,35 +518,170 @@ def fit_many(formula: str, datasets, reml: bool = True, *, by: str | None = None
 BATCH = 256  # data sets per batched optimisation (q = 1 or 2; bounds the work arrays)
 
 
+# --------------------------------------------------------------------------------------------
+# preparing many data sets of one formula
+# --------------------------------------------------------------------------------------------
+def _prepare_single(parsed: ParsedFormula, data):
+    """``(Prepared, DesignInfo)`` of one data set, or the :class:`LMMError` its design or
+    :func:`prepare` raises (the single path: what :func:`lmm` does before optimising)."""
+    try:
+        y, X, Z, g, info = build_design(parsed, data)
+        return prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response), info
+    except LMMError as err:
+        return err
+
+
+def prepare_many(parsed: ParsedFormula, datasets: list) -> list:
+    """What :func:`_prepare_single` gives for each data set, built for many data sets together.
+
+    Data sets whose columns have the same dtypes and whose predictors have the same codings
+    (numeric, or categorical with the same levels; :func:`design_info`) have the same design
+    columns; for each such set of data sets (:func:`_prepare_stack`) the columns are stacked and
+    the design built once, the rows sorted by (data set, group) with one stable argsort, the
+    per-group statistics summed in one reduceat and the checks of :func:`prepare` screened for
+    all data sets at once.  A data set the batch cannot vouch for (missing or non-finite values,
+    not a DataFrame, fewer than two groups, singleton groups only, n <= p, possibly collinear
+    columns, ...) goes through :func:`_prepare_single` alone, so each error is the single
+    path's own, class and message.  The rows, group codes and sufficient statistics of a data
+    set are those :func:`prepare` computes (the same sort, the same group sums, X'X from the
+    same matrix product); its y, X and Z are views of the stack.
+    """
+    out = [None] * len(datasets)
+    vs = variables(parsed)
+    by_design = {}  # (dtypes, codings) -> (DesignInfo, [(data set number, its columns)])
+    for k, d in enumerate(datasets):
+        if not (isinstance(d, pd.DataFrame) and len(d) > 1 and d.columns.is_unique
+                and all(v in d.columns for v in vs)):
+            continue
+        cols = {v: d[v] for v in vs}
+        try:
+            info = design_info(parsed, cols)
+        except LMMError:
+            continue
+        key = (tuple(c.dtype for c in cols.values()),
+               tuple((v, c.kind, c.levels) for v, c in info.codings.items()))
+        by_design.setdefault(key, (info, []))[1].append((k, cols))
+    for info, members in by_design.values():
+        for (k, _), pr in zip(members, _prepare_stack(parsed, info, [cols for _, cols in members])):
+            out[k] = pr
+    return [pr if pr is not None else _prepare_single(parsed, datasets[k]) for k, pr in enumerate(out)]
+
+
+def _prepare_stack(parsed: ParsedFormula, info: DesignInfo, frames: list) -> list:
+    """``(Prepared, info)`` for each of ``frames`` (the columns of data sets with one design,
+    ``info``), or None for a data set to be prepared alone (see :func:`prepare_many`)."""
+    K = len(frames)
+    vs = variables(parsed)
+    stack = pd.DataFrame({v: np.concatenate([f[v].to_numpy() for f in frames]) for v in vs}, copy=False)
+    n = np.array([len(f[vs[0]]) for f in frames])
+    row0 = np.concatenate(([0], np.cumsum(n)[:-1]))  # each data set's first row
+    try:
+        gc, glev = pd.factorize(stack[parsed.group].to_numpy(), sort=True)
+    except TypeError:  # group labels that do not sort together (say numbers and text)
+        return [None] * K
+    # check_columns, per data set: the group column's missing values are its codes -1
+    holes = gc < 0
+    for v in vs:
+        miss = missing(stack[v]) if v != parsed.group else None
+        if miss is not None:
+            holes |= miss
+    holes = np.logical_or.reduceat(holes, row0)
+    if holes.any():  # data sets with missing values are prepared alone (their own counts)
+        out = [None] * K
+        keep = np.flatnonzero(~holes)
+        for k, pr in zip(keep, _prepare_stack(parsed, info, [frames[k] for k in keep]) if keep.size else []):
+            out[k] = pr
+        return out
+    try:
+        y, X, Z, _, _ = build_design(parsed, stack, info=info, checked=True)
+    except LMMError:  # e.g. a non-numeric response: the single path's message
+        return [None] * K
+    N, p = X.shape
+    if Z.shape[1] == 0:
+        return [None] * K
+    # rows sorted by (data set, group), stably: within a data set the order prepare sorts to
+    key = np.repeat(np.arange(K), n) * len(glev) + gc
+    resorted = np.zeros(K, dtype=bool)
+    order = None
+    if np.any(key[1:] < key[:-1]):
+        order = np.argsort(key, kind="stable")
+        y, X, Z, key = y[order], np.take(X, order, axis=0), np.take(Z, order, axis=0), key[order]
+        resorted = np.logical_or.reduceat(order != np.arange(N), row0)
+    new = np.concatenate(([True], key[1:] != key[:-1]))
+    gstart = np.flatnonzero(new)  # first row of each (data set, group)
+    gid = np.cumsum(new) - 1  # row -> its (data set, group)
+    m = np.bincount(key[gstart] // len(glev), minlength=K)  # groups per data set
+    g0 = np.concatenate(([0], np.cumsum(m)[:-1]))  # each data set's first group
+    nj = np.diff(np.append(gstart, N))
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite data sets go alone below
+        sums = _core.group_sums(y, X, Z, gstart)
+        rng_ = np.maximum.reduceat(X, gstart, axis=0) - np.minimum.reduceat(X, gstart, axis=0)
+    # prepare's checks, screened (non-finite values show in the group sums: Z'Z holds Z^2, and
+    # with Z's, X's or y's non-finite entries Z'X and Z'y or X'X, X'y, y'y below are non-finite)
+    alone = ((m < 2) | (np.maximum.reduceat(nj, g0) <= 1) | (n <= p)
+             | ~np.logical_and.reduceat(np.isfinite(sums).all(axis=1), g0))
+    level2 = _level2(np.maximum.reduceat(rng_, g0, axis=0), np.maximum.reduceat(np.abs(X), row0, axis=0))
+    levels = np.asarray(glev)[key[gstart] % len(glev)]
+    out = [None] * K
+    for k in np.flatnonzero(~alone):
+        a, b, ga, gb = row0[k], row0[k] + n[k], g0[k], g0[k] + m[k]
+        codes = gid[a:b] - ga
+        ss = _core.SuffStats(y[a:b], X[a:b], Z[a:b], codes, int(m[k]), sums=sums[ga:gb])
+        if not (np.isfinite(ss.XtX).all() and np.isfinite(ss.Xty).all() and np.isfinite(ss.yty)):
+            continue
+        out[k] = (Prepared(y[a:b], X[a:b], Z[a:b], codes, levels[ga:gb], order[a:b] - a if resorted[k] else None,
+                           gstart[ga:gb] - a, ss, info.fe_names, info.re_names, parsed.group, level2[k]), info)
+    done = [k for k in range(K) if out[k] is not None]
+    if done:
+        full = _surely_full_rank(np.stack([out[k][0].ss.XtX for k in done]), n[done])
+        for k in np.asarray(done)[~full]:
+            out[k] = None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# fitting many data sets
+# --------------------------------------------------------------------------------------------
+def _fit_one(pr, formula, reml, t0, errors):
+    """Fit one data set of :func:`fit_many` from its :func:`_prepare_single` result; None
+    where preparing or fitting fails and ``errors == "none"``."""
+    try:
+        if isinstance(pr, LMMError):
+            raise pr
+        prep, info = pr
+        r = _fit_prepared(prep, reml, t0)
+    except (LMMError, _core.NotPositiveDefinite):  # design, identification or final fit
+        if errors == "raise":
+            raise
+        return None
+    r.info, r.formula = info, formula
+    return r
+
+
 def _fit_list(parsed, formula, datasets, reml, errors, batch=True):
     datasets = list(datasets)
+    if not batch:
+        out = []
+        for d in datasets:
+            t0 = time.perf_counter()
+            out.append(_fit_one(_prepare_single(parsed, d), formula, reml, t0, errors))
+        return out
     out = [None] * len(datasets)
-    preps = {}
-    ptime = {}
-    for k, d in enumerate(datasets):
-        t0 = time.perf_counter()
-        try:
-            y, X, Z, g, info = build_design(parsed, d)
-            prep = prepare(y, X, Z, g, info.fe_names, info.re_names, parsed.group, parsed.response)
-        except LMMError:
-            if errors == "raise":
-                raise
-            continue
-        if not (batch and prep.ss.q <= 2):
-            r = _fit_prepared(prep, reml, t0)
-            r.info, r.formula = info, formula
-            out[k] = r
-            continue
-        preps[k] = (prep, info)
-        ptime[k] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    preps = prepare_many(parsed, datasets)
+    ptime = (time.perf_counter() - t0) / max(len(datasets), 1)  # each data set's share
     # random intercept (q = 1) or intercept and slope (q = 2): one batched optimisation per
     # (q, number of fixed effects) and, for q = 2, number of groups: padding with empty groups
     # changes the order of floating-point sums, and BFGS, which stops at a gradient tolerance,
     # could then stop a rounding-level step away from where the data set alone stops (the
-    # random-intercept root is solved to 1e-14, padding does not show there)
+    # random-intercept root is solved to 1e-14, padding does not show there); other models
+    # are fitted one after the other
     by_qp = {}
-    for k, (prep, _) in preps.items():
-        ss = prep.ss
+    for k, pr in enumerate(preps):
+        if isinstance(pr, LMMError) or pr[0].ss.q > 2:
+            out[k] = _fit_one(pr, formula, reml, time.perf_counter() - ptime, errors)  # t0: share included
+            continue
+        ss = pr[0].ss
         by_qp.setdefault((ss.q, ss.p, ss.m if ss.q == 2 else 0), []).append(k)
     for (q, _p, _m), ks in by_qp.items():
         opt_batch = _core.optimize_ri_batch if q == 1 else _core.optimize_q2_batch
@@ -528,7 +697,7 @@ def _fit_list(parsed, formula, datasets, reml, errors, batch=True):
                         raise LMMIdentificationError(
                             f"data set {k}: the fixed effects are collinear at the optimum ({opt})")
                     continue
-                r = LMMResult._from_opt(prep, opt, reml, ptime[k] + share)
+                r = LMMResult._from_opt(prep, opt, reml, ptime + share)
                 r.info, r.formula = info, formula
                 out[k] = r
     return out
