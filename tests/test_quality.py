@@ -337,3 +337,34 @@ def test_a_hold_out_without_its_generators_data_is_refused(hsb):
     train, hold = holdout_split(hsb, 0.2, np.random.default_rng(5))
     with pytest.raises(MlsimkitError, match="holdout: given without 'holdout_synthetic'"):
         evaluate(hsb, {"x": [shuffled_schools(train, seed=1)]}, holdout=hold, reference_splits=1, efficacy=False)
+
+
+# ------------------------------------------------------------------ worker processes
+def test_n_jobs_gives_the_serial_report_bit_for_bit(hsb, monkeypatch):
+    """Two worker processes give the same rows, in the same order, with the same values, as one process: every
+    part that runs in the pool is exercised (candidates of two generators with hold-out data, their efficacy,
+    reference splits with and without efficacy, bootstrap draws)."""
+    from mlsimkit.quality import report
+
+    monkeypatch.setattr(report, "cores_available", lambda: 2)  # the pool even on a one-core machine
+    small = hsb.subset(hsb["schools"].School[:20])
+    train, hold = holdout_split(small, 0.25, np.random.default_rng(2))
+    gens = {"bootstrap": lambda d, i: resample_schools(d, np.random.default_rng(i)),
+            "shuffled schools": lambda d, i: shuffled_schools(d, seed=i)}
+    syn = {name: [g(small, i) for i in range(k)] for (name, g), k in zip(gens.items(), (3, 1))}  # chunks cut a name
+    held = {name: [g(train, 10 + i) for i in range(2)] for name, g in gens.items()}
+    kw = dict(holdout=hold, holdout_synthetic=held, reference_splits=2, efficacy_reference_splits=1, bootstrap=3,
+              efficacy="fast", targets=["MathAch", "Sector"], efficacy_engine="builtin", seed=7)
+    one, two = evaluate(small, syn, n_jobs=1, **kw), evaluate(small, syn, n_jobs=2, **kw)
+    assert set(one.replicates.domain) >= {"ML efficacy", "privacy", "seed-001"}
+    assert set(one.reference_rows.domain) >= {"ML efficacy", "privacy"}
+    for a, b in ((one.table, two.table), (one.replicates, two.replicates), (one.reference_rows, two.reference_rows),
+                 (one.bootstrap_rows, two.bootstrap_rows), (one.summary(), two.summary())):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert list(one.timings) == list(two.timings)
+
+
+def test_n_jobs_must_be_a_positive_integer(hsb):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(MlsimkitError, match="n_jobs"):
+            evaluate(hsb, None, reference_splits=1, n_jobs=bad)

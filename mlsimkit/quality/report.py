@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from ..cost import cores_available
 from ..data import MultilevelData
 from ..errors import MlsimkitError
 from ..io import atomic_path
@@ -447,11 +448,104 @@ def _as_dict(synthetic) -> dict[str, list[MultilevelData]]:
     raise MlsimkitError(f"synthetic: expected a MultilevelData or a dict name -> list of MultilevelData, got {type(synthetic)}")
 
 
+# ------------------------------------------------------------------------------------ the loops of evaluate
+# Each loop of :func:`evaluate` is one module-level function of one item (a candidate data set, a reference split, a
+# bootstrap draw) returning that item's rows; :func:`_map` runs it over the items, in this process or in a pool of
+# worker processes, and returns the results in the items' order. Every item carries its own seed (``seed + i``, a
+# spawned SeedSequence child) and runs on one thread, so its rows do not depend on where, or next to what, it ran.
+
+def _candidate_rows(name: str, i: int, syn: MultilevelData, hold_syn: MultilevelData | None, *, real, real_iccs,
+                    train_part, holdout, privacy: bool, seed001: bool, seed: int) -> list[dict]:
+    """Rows of candidate ``i`` of ``name`` except ML efficacy. Fidelity and validity compare ``syn`` with ``real``;
+    privacy and seed-001 compare ``syn`` with ``real``, or, when the generator has a hold-out model, its data set
+    ``hold_syn`` with the training part ``train_part``, ``holdout`` being the schools that model never saw."""
+    own = hold_syn is None
+    r = score_pair(real, syn, efficacy=False, privacy=privacy and own, seed001=seed001 and own, seed=seed + i,
+                   real_iccs=real_iccs)
+    if not own:
+        if privacy:
+            r += privacy_rows(train_part, hold_syn, holdout=holdout)
+        if seed001:
+            r += seed001_rows(train_part, hold_syn, holdout=holdout, seed=seed + i)
+    return [dict(x, dataset=name, replicate=i) for x in r]
+
+
+def _candidate_efficacy_rows(name: str, i: int, syn: MultilevelData, *, real, mode, seed: int, targets, engine,
+                             cache: dict) -> list[dict]:
+    """ML-efficacy rows of candidate ``i`` of ``name``; ``cache`` keeps the real data's TRTR fits for the next
+    candidates (:func:`.efficacy.efficacy_rows`)."""
+    r = efficacy_rows(real, syn, mode=mode, seed=seed, _cache=cache, targets=targets, engine=engine)
+    return [dict(x, dataset=name, replicate=i) for x in r]
+
+
+def _reference_rows(j: int, a: MultilevelData, b: MultilevelData, *, n_holdout: int, privacy: bool, seed001: bool,
+                    seed: int) -> list[dict]:
+    """Rows of reference split ``j`` (halves ``a`` and ``b``) except ML efficacy (:func:`reference_pair`)."""
+    r = reference_pair(a, b, n_holdout, privacy=privacy, seed001=seed001, seed=seed + j)
+    return [dict(x, dataset=REFERENCE, replicate=j) for x in r]
+
+
+def _reference_efficacy_rows(j: int, a: MultilevelData, b: MultilevelData, *, mode, seed: int, targets,
+                             engine) -> list[dict]:
+    """ML-efficacy rows of reference split ``j``: ``b`` plays the synthetic data, ``a`` the real data."""
+    r = efficacy_rows(a, b, mode=mode, seed=seed, targets=targets, engine=engine)
+    return [dict(x, dataset=REFERENCE, replicate=j) for x in r]
+
+
+def _bootstrap_rows(d: int, seed_seq: np.random.SeedSequence, drawn: Mapping[str, MultilevelData], *,
+                    real: MultilevelData) -> list[dict]:
+    """Fidelity rows of bootstrap draw ``d``: the schools of ``real`` resampled, then those of each name's data set
+    ``drawn[name]`` (data set ``d mod k``), all with one generator seeded by ``seed_seq``."""
+    rng = np.random.default_rng(seed_seq)
+    rb = resample_schools(real, rng)
+    rows = []
+    for name, s in drawn.items():
+        rows += [dict(x, dataset=name, draw=d) for x in fidelity_rows(rb, resample_schools(s, rng))]
+    return rows
+
+
+def _run(fn, items: Sequence[tuple], shared: Mapping) -> list:
+    """``fn(*item, **shared)`` for each item in turn, on one thread (BLAS and OpenMP pools limited to 1)."""
+    with threadpool_limits(1):
+        return [fn(*item, **shared) for item in items]
+
+
+def _chunks(items: Sequence, n: int) -> list[list]:
+    """``items`` cut into ``min(n, len(items))`` contiguous chunks whose sizes differ by at most one."""
+    k = min(n, len(items))
+    bounds = [len(items) * c // k for c in range(k + 1)] if k else [0]
+    return [list(items[bounds[c]:bounds[c + 1]]) for c in range(k)]
+
+
+def _map(fn, items: Sequence[tuple], workers: int, **shared) -> list:
+    """``[fn(*item, **shared) for item in items]``, in the items' order.
+
+    With ``workers > 1`` (and more than one item) the items are cut into ``workers`` contiguous chunks, one task
+    each, run by a joblib loky pool of that many processes (reused from one call to the next). ``shared`` travels
+    once per task, so a mutable argument such as the efficacy ``cache`` is one object within a chunk and a fresh
+    copy in each chunk: the real data's TRTR fits are made once per chunk (once per worker) instead of once, and
+    reused by the chunk's candidates of every name (the cache is keyed by the real data, not by the name). Equal
+    chunks suit these loops, whose items cost about the same.
+    """
+    chunks = _chunks(items, workers)
+    if len(chunks) < 2:
+        return _run(fn, items, shared)
+    from joblib import Parallel, delayed
+
+    parts = Parallel(n_jobs=len(chunks), backend="loky")(delayed(_run)(fn, chunk, shared) for chunk in chunks)
+    return [result for part in parts for result in part]
+
+
+def _flat(parts) -> list:
+    """The rows of a sequence of row lists, in order."""
+    return [row for part in parts for row in part]
+
+
 def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5, bootstrap: int = 0,
              efficacy: bool | str = "fast", efficacy_reference_splits: int | None = None, privacy: bool = True,
              seed001: bool = True, holdout: MultilevelData | None = None, holdout_synthetic=None,
              by_construction: Mapping | None = None, targets=None, seed: int = 0,
-             efficacy_engine: str | None = None) -> QualityReport:
+             efficacy_engine: str | None = None, n_jobs: int = 1) -> QualityReport:
     """Evaluate synthetic multilevel data against the real data (Stage 3).
 
     Parameters
@@ -481,9 +575,17 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
     efficacy_engine : mixed-model engine, ``"mlsimkit.lmm"`` or ``"builtin"`` (closed-form random-intercept
         REML); default: ``mlsimkit.lmm`` when importable.
     seed : root seed; every split and draw gets its own child seed.
+    n_jobs : worker processes (at most the cores available, :func:`mlsimkit.cost.cores_available`). With more
+        than one, each part (the candidates, their ML efficacy, the reference splits and their efficacy, the
+        bootstrap draws) is cut into contiguous chunks run by a joblib loky pool, one thread per process; the
+        rows are gathered in their serial order, so the report's tables are the same, bit for bit, as with
+        ``n_jobs=1``. ``timings`` holds the wall time of each part (the first parallel part includes the start
+        of the pool, about 2 s). Measured on HSB-sized data in ``benchmarks/bench_quality.py``.
     """
     if not isinstance(real, MultilevelData):
         raise MlsimkitError("real: expected a MultilevelData")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+        raise MlsimkitError(f"n_jobs: expected a positive integer (worker processes), got {n_jobs!r}")
     syn = _as_dict(synthetic)
     for name, lst in syn.items():
         for i, s in enumerate(lst):
@@ -513,59 +615,42 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
         train_part = real.subset([i for i in real[top][pk].astype(str) if i not in held_ids])
         n_hold = holdout.n_clusters
     eff_ref = min(3, reference_splits) if efficacy_reference_splits is None else efficacy_reference_splits
+    mode = "full" if efficacy is True else efficacy
+    workers = min(int(n_jobs), cores_available())
     ss = np.random.SeedSequence(seed)
     s_syn, s_ref, s_boot = ss.spawn(3)
+    candidates = [(name, i, s, held[name][i % len(held[name])] if name in held else None)
+                  for name, lst in syn.items() for i, s in enumerate(lst)]
     timings = {}
-    cache: dict = {}
     with threadpool_limits(1):
         t0 = time.perf_counter()
         real_iccs = icc_tables(real)
-        rows = []
-        for name, lst in syn.items():
-            for i, s in enumerate(lst):
-                h = held.get(name)
-                r = score_pair(real, s, efficacy=False, privacy=privacy and not h, seed001=seed001 and not h,
-                               seed=seed + i, real_iccs=real_iccs)
-                if h:
-                    hs = h[i % len(h)]
-                    if privacy:
-                        r += privacy_rows(train_part, hs, holdout=holdout)
-                    if seed001:
-                        r += seed001_rows(train_part, hs, holdout=holdout, seed=seed + i)
-                rows += [dict(x, dataset=name, replicate=i) for x in r]
+        rows = _flat(_map(_candidate_rows, candidates, workers, real=real, real_iccs=real_iccs, train_part=train_part,
+                          holdout=holdout, privacy=privacy, seed001=seed001, seed=seed))
         timings["synthetic (no efficacy)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if efficacy:
-            for name, lst in syn.items():
-                for i, s in enumerate(lst):
-                    r = efficacy_rows(real, s, mode="full" if efficacy is True else efficacy, seed=seed, _cache=cache,
-                                      targets=targets, engine=efficacy_engine)
-                    rows += [dict(x, dataset=name, replicate=i) for x in r]
+            rows += _flat(_map(_candidate_efficacy_rows, [c[:3] for c in candidates], workers, real=real, mode=mode,
+                               seed=seed, targets=targets, engine=efficacy_engine, cache={}))
         timings["synthetic efficacy"] = time.perf_counter() - t0
-        # real-vs-real reference
+        # real-vs-real reference: the halves are drawn here (cheap), scored by the items
         t0 = time.perf_counter()
-        ref_rows, t_eff = [], 0.0
-        for j, child in enumerate(s_ref.spawn(reference_splits)):
-            rng = np.random.default_rng(child)
-            a, b = split_halves(real, rng)
-            r = reference_pair(a, b, n_hold if held else 0, privacy=privacy, seed001=seed001, seed=seed + j)
-            if efficacy and j < eff_ref:
-                te = time.perf_counter()
-                r += efficacy_rows(a, b, mode="full" if efficacy is True else efficacy, seed=seed, targets=targets,
-                                   engine=efficacy_engine)
-                t_eff += time.perf_counter() - te
-            ref_rows += [dict(x, dataset=REFERENCE, replicate=j) for x in r]
-        timings["reference (no efficacy)"] = time.perf_counter() - t0 - t_eff
-        timings["reference efficacy"] = t_eff
-        # bootstrap over schools (fidelity metrics)
+        splits = [(j, *split_halves(real, np.random.default_rng(child)))
+                  for j, child in enumerate(s_ref.spawn(reference_splits))]
+        ref_parts = _map(_reference_rows, splits, workers, n_holdout=n_hold if held else 0, privacy=privacy,
+                         seed001=seed001, seed=seed)
+        timings["reference (no efficacy)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        boot_rows = []
-        for d, child in enumerate(s_boot.spawn(bootstrap)):
-            rng = np.random.default_rng(child)
-            rb = resample_schools(real, rng)
-            for name, lst in syn.items():
-                sb = resample_schools(lst[d % len(lst)], rng)
-                boot_rows += [dict(x, dataset=name, draw=d) for x in fidelity_rows(rb, sb)]
+        eff_parts = _map(_reference_efficacy_rows, splits[:eff_ref], workers, mode=mode, seed=seed, targets=targets,
+                         engine=efficacy_engine) if efficacy else []
+        timings["reference efficacy"] = time.perf_counter() - t0
+        # split j's rows: its fidelity, validity, privacy and seed-001 rows, then its efficacy rows
+        ref_rows = _flat(part + (eff_parts[j] if j < len(eff_parts) else []) for j, part in enumerate(ref_parts))
+        # bootstrap over schools (fidelity metrics): draw d resamples the real data and data set d mod k of each name
+        t0 = time.perf_counter()
+        draws = [(d, child, {name: lst[d % len(lst)] for name, lst in syn.items()})
+                 for d, child in enumerate(s_boot.spawn(bootstrap))]
+        boot_rows = _flat(_map(_bootstrap_rows, draws, workers, real=real))
         timings["bootstrap"] = time.perf_counter() - t0
     rep = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["dataset", "replicate", *KEYS, "value"])
     ref = pd.DataFrame(ref_rows) if ref_rows else pd.DataFrame(columns=["dataset", "replicate", *KEYS, "value"])
