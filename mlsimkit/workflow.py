@@ -132,6 +132,14 @@ def _fit(kind: str, settings: dict, data: MultilevelData, cache: Path):
     return gen
 
 
+def n_jobs(study: Study) -> int:
+    """The worker processes a stage may use: ``simulation.n_jobs`` (default 2). Stage 2 trains that many models at
+    a time (:func:`train_concurrently`), Stage 3 and Stage 6 evaluate quality in that many processes
+    (``quality.evaluate(..., n_jobs=...)``), and the simulations of Stages 4 and 6 use it with the loky or Dask
+    backend. Stages 2 and 3 also stop at the cores available."""
+    return int(study["simulation"].get("n_jobs", 2))
+
+
 def _fit_seconds(kind: str, settings: dict, data: MultilevelData, cache: Path) -> float:
     return _fit(kind, settings, data, cache).train_seconds_
 
@@ -148,7 +156,7 @@ def train_concurrently(study: Study, jobs, *, log: Callable = print) -> None:
         kind, kwargs, cache = _cached(study, data, name, settings)
         if not cache.is_file():
             todo.setdefault(cache, (label, kind, kwargs, data))
-    n = min(len(todo), int(study["simulation"].get("n_jobs", 2)), cores_available())
+    n = min(len(todo), n_jobs(study), cores_available())
     if n < 2:
         return
     from joblib import Parallel, delayed
@@ -509,7 +517,7 @@ def _run_source(study, which, src, design, gen, methods, reps, progress, schedul
 
     sim = study["simulation"]
     res = run(design, gen, methods, reps=int(reps), seed=int(study["seed"]), backend=sim.get("backend", "serial"),
-              n_jobs=int(sim.get("n_jobs", 2)), scheduler=scheduler, store=study.path(which, src), progress=progress,
+              n_jobs=n_jobs(study), scheduler=scheduler, store=study.path(which, src), progress=progress,
               failure_policy=sim.get("failure_policy", "record"), generator_id=src)
     stop_on_failures(res, src, float(sim.get("max_fail_rate", MAX_FAIL_RATE)), file=study.file)
     return res
@@ -624,7 +632,8 @@ def ablation(study: Study, data: MultilevelData, *, log: Callable = print) -> tu
         by_con = ({scen: gen.metrics_by_construction(data.n_clusters)}
                   if hasattr(gen, "metrics_by_construction") else None)  # as in Stage 3: not averaged
         rep = quality.evaluate(data, cands, reference_splits=0, efficacy=q.get("efficacy", "fast"),
-                               privacy=False, seed001=False, by_construction=by_con, seed=int(study["seed"]))
+                               privacy=False, seed001=False, by_construction=by_con, seed=int(study["seed"]),
+                               n_jobs=n_jobs(study))
         qs = rep.summary()
         iccs = rep.table[rep.table["metric"].eq("ICC similarity")]
         qs = pd.concat([qs, pd.DataFrame({
@@ -981,7 +990,7 @@ def positivity_design(study: Study) -> pd.DataFrame:
             "averages": ", ".join(p["average"]), "covariates of the analysis data": f"{src} (Stage 4's source)",
             "pool of synthetic covariates": f"{pool}: {why}",
             "pool schools per analysis school": p["pool_ratio"],
-            "backend": f"{study['simulation'].get('backend', 'serial')}, {study['simulation'].get('n_jobs', 2)} jobs"}
+            "backend": f"{study['simulation'].get('backend', 'serial')}, {n_jobs(study)} jobs"}
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]}).set_index("setting")
 
 
