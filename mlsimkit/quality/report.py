@@ -580,7 +580,9 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
         bootstrap draws) is cut into contiguous chunks run by a joblib loky pool, one thread per process; the
         rows are gathered in their serial order, so the report's tables are the same, bit for bit, as with
         ``n_jobs=1``. ``timings`` holds the wall time of each part (the first parallel part includes the start
-        of the pool, about 2 s). Measured on HSB-sized data in ``benchmarks/bench_quality.py``.
+        of the pool, about 2 s). Each worker makes the real data's TRTR fits of ML efficacy once for its chunk.
+        The speed-up needs free cores: on HSB-sized data, on 2 cores that another job kept busy, n_jobs=2 ran at
+        0.8x the speed of n_jobs=1 (``benchmarks/bench_quality.py --n-jobs 1 2``, whose docstring has the numbers).
     """
     if not isinstance(real, MultilevelData):
         raise MlsimkitError("real: expected a MultilevelData")
