@@ -187,3 +187,30 @@ def test_train_concurrently_fills_the_cache_with_the_models_a_serial_run_trains(
     lines.clear()
     wf.train_concurrently(study, jobs, log=lines.append)
     assert lines == []
+
+
+def test_stage6_evaluates_quality_in_the_studys_worker_processes(study, monkeypatch):
+    """Stage 6 passes ``simulation.n_jobs`` to quality.evaluate, as Stage 3's notebook does through wf.n_jobs."""
+    from mlsimkit import datasets as ds
+    from mlsimkit import quality
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        raise Seen(kwargs)
+
+    hsb = ds.load("hsb")
+    small = hsb.subset(hsb[hsb.schema.top][hsb.schema.tables[hsb.schema.top].primary_key[0]].iloc[:30])
+    study.params["generators"]["bootstrap"] = {}
+    study.params["ablation"] = {"generator": "bootstrap", "scenarios": {}, "n_schools": 10, "reps": 1,
+                                "quality": {"candidates": 1, "efficacy": False}}
+    assert wf.n_jobs(study) == 2  # the params' simulation.n_jobs
+    del study.params["simulation"]["n_jobs"]
+    assert wf.n_jobs(study) == 2  # the default
+    study.params["simulation"]["n_jobs"] = 3
+    assert wf.n_jobs(study) == 3
+    monkeypatch.setattr(quality, "evaluate", spy)
+    with pytest.raises(Seen) as seen:
+        wf.ablation(study, small, log=lambda *_: None)
+    assert seen.value.args[0]["n_jobs"] == 3
