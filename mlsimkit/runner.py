@@ -50,7 +50,10 @@ def run(
 ) -> Path | None:
     """Execute the notebooks of ``studies`` under ``profile`` and (optionally) build the book.
 
-    Returns the path of the book's ``index.html`` when built, else ``None``.
+    Returns the path of the book's ``index.html`` when built, else ``None``. The book needs a page for every
+    entry of ``_toc.yml``; when this run leaves some missing (say ``make book STUDY=hsb-prediction`` in a fresh
+    clone, where no other study has run yet), it says so before the first notebook, runs the notebooks and skips
+    the build (``-W`` would refuse it at the end of the work), naming the pages and how to build the whole book.
     """
     root = study_mod.find_root(root)
     out = Path(out).resolve() if out else root
@@ -66,6 +69,10 @@ def run(
     require_toc(out)  # the book's study parts follow the params files
     for name in names:  # every study's params, schema and data are checked before any notebook runs
         require(name, profile, out)
+    unbuilt = _pages_left_missing(out, names, profile, stages) if build else []
+    if unbuilt:
+        build = False
+        log(f"[mlsimkit] note: the book will not be built: {_unbuilt_reason(out, unbuilt)}")
     for name in names:
         st = study_mod.load(name, profile, out)
         for stage in st.stages:
@@ -77,9 +84,33 @@ def run(
                     out / "book" / "executed" / name / f"{stage}.ipynb",
                     {"study": name, "profile": profile, "root": str(out)}, cwd=out, log=log)
             cost.record(st.run_dir, stage, seconds=time.perf_counter() - t0)
+    if unbuilt:
+        log(f"[mlsimkit] executed notebooks: {out / 'book' / 'executed'}; the book was not built: "
+            f"{_unbuilt_reason(out, unbuilt)}")
     if not build:
         return None
     return build_book(out, root=root, log=log)
+
+
+def _pages_left_missing(out: Path, names, profile: str, stages) -> list[str]:
+    """The pages of ``_toc.yml`` that are missing now and that running the stages ``stages`` (None: all) of the
+    studies ``names`` will not produce."""
+    produced = {f"book/executed/{name}/{stage}" for name in names
+                for stage in study_mod.load(name, profile, out).stages if not stages or stage in stages}
+    return [f for f in _missing_toc_files(out) if f not in produced]
+
+
+def _rebuild_command(out: Path) -> str:
+    """The command that builds the book from the notebooks already executed into ``out``."""
+    return "mlsimkit build" if (out / "notebooks").is_dir() else f"mlsimkit build --out {out}"
+
+
+def _unbuilt_reason(out: Path, pages: list[str]) -> str:
+    studies = sorted({Path(p).parts[2] for p in pages if Path(p).parts[:2] == ("book", "executed")})
+    what = f"pages of {', '.join(studies)} are not executed yet" if studies else \
+        f"pages listed in _toc.yml are missing ({', '.join(pages)})"
+    return (f"{what}, and the book needs every page of _toc.yml; run them too (`make book`, or `mlsimkit run "
+            f"--study all`), or run the missing ones and then `{_rebuild_command(out)}`")
 
 
 def book_studies(out: Path) -> list[str]:
@@ -195,7 +226,7 @@ def build_book(out: str | Path | None = None, *, root: str | Path | None = None,
     (caches such as ``.pytest_cache``, ``.ipynb_checkpoints``, a user's own notes) are not part of the book.
     """
     out = Path(out).resolve() if out else study_mod.find_root(root)
-    rebuild = "mlsimkit build" if (out / "notebooks").is_dir() else f"mlsimkit build --out {out}"
+    rebuild = _rebuild_command(out)
     missing = _missing_toc_files(out)
     if missing:
         raise BookBuildFailed(

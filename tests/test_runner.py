@@ -149,6 +149,23 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path):
     assert (target.parent / "1-specify.failed.ipynb").is_file() and not target.exists()
 
 
+def test_one_study_in_a_fresh_clone_runs_and_says_the_book_is_not_built(tmp_path):
+    """`make book STUDY=x` in a fresh clone: the other studies have no pages, so `jupyter-book -W` would refuse the
+    book after all the work (the paper profile of one study ran 90 minutes, then failed there). The run says so
+    before the first notebook, executes its notebooks and skips the build, naming the missing studies."""
+    lines = []
+    index = run("hsb-recovery", "quick", root=ROOT, out=tmp_path, stages=["1-specify"], log=lines.append)
+    assert index is None
+    assert (tmp_path / "book" / "executed" / "hsb-recovery" / "1-specify.ipynb").is_file()
+    assert not (tmp_path / "_build").exists()
+    first_notebook = next(i for i, line in enumerate(lines) if "running" in line)
+    notes = [i for i, line in enumerate(lines) if "the book will not be built" in line]
+    assert notes and notes[0] < first_notebook
+    assert "hsb-prediction" in lines[notes[0]] and "make book" in lines[notes[0]]
+    assert "hsb-recovery/2-train" not in lines[notes[0]]  # its own later stages: named by study, not by page
+    assert "the book was not built" in lines[-1] and f"mlsimkit build --out {tmp_path}" in lines[-1]
+
+
 def test_bad_params_stop_the_run_before_any_notebook(tmp_path):
     out = tmp_path / "out"
     (out / "params").mkdir(parents=True)
