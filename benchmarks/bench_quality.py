@@ -14,26 +14,23 @@ reference splits, one of them with efficacy; the bootstrap draws) once per value
 alternating ``--repeat`` times so that a change in the machine's load falls on both; it prints the wall time of
 each run and of each part, the ratio to the first value, and checks that every run gives the first run's table.
 
-Measured 2026-12-04 with ``--n-jobs 1 2 --k 2 --splits 2 --bootstrap 4 --repeat 2`` on a machine with 2 cores
-that a book build kept busy (two processes at about 80 % each, load average 2.6-3.3), so neither n_jobs value had a
-free core: wall times of a contended machine, not of Stage 3 on an idle one.
+Measured 2026-12-04 with ``--n-jobs 1 2 --k 2 --splits 2 --bootstrap 4 --repeat 2``, 2 cores, the other jobs of
+the machine paused for the run (load average 1.3-1.4: the benchmark itself):
 
 =========  ==============  ==============  =============================================================
 n_jobs     wall (s), runs  CPU (s), runs   parts in the second round (s)
 =========  ==============  ==============  =============================================================
-1          10.3, 9.6       10.0, 9.5       candidates 2.8, their efficacy 2.8, reference 1.2 + 1.1, boot 1.6
-2          14.0, 11.3      13.6, 11.0      candidates 3.0, their efficacy 4.1, reference 1.3 + 1.2, boot 1.6
+1          9.7, 9.7        9.8, 9.7        candidates 2.8, their efficacy 2.8, reference 1.2 + 1.1, boot 1.6
+2          7.6, 6.5        13.1, 10.9      candidates 1.6, their efficacy 2.0, reference 0.7 + 1.2, boot 1.0
 =========  ==============  ==============  =============================================================
 
-n_jobs=2 ran at 0.79x the speed of n_jobs=1 (mean wall 12.6 s against 10.0 s; 0.85x in the second round, whose
-pool was already started: the first round's includes starting the two workers, about 2 s of CPU). On this machine
-the two workers together got about one core (their wall time equals their summed CPU time; a probe of single
-reference splits showed the same CPU per split in a worker as in the main process, 0.5-0.7 s, at twice the wall
-time), the share one process already gets, so there was nothing to gain; the measured cost of the pool is the
-extra CPU: the start of the workers and the real data's TRTR fits of ML efficacy, made once per worker instead
-of once (about 1.3 s here). With a free core per worker the parts divide by up to n_jobs except those fits and a
-single reference split with efficacy; from the second round's CPU times that would be about 6 s instead of 9.6 s
-(an estimate, not a measurement). The tables were identical in all four runs.
+n_jobs=2 ran at 1.37x the speed of n_jobs=1 (mean wall 7.1 s against 9.7 s; 1.49x in the second round, whose pool
+was already started: the first round's includes starting the two workers, about 2 s of CPU). Not 2x: the extra
+CPU of the pool (the workers' start and the real data's TRTR fits of ML efficacy, made once per worker instead of
+once, about 1.3 s) and the single reference split with efficacy, which one worker runs alone. The tables were
+identical in all four runs. On the same machine kept busy by a book build (two processes at about 80 %, load
+average 2.6-3.3), n_jobs=2 ran at 0.79x: with no free core the two workers together get the share one process
+already gets, and only the pool's extra CPU remains.
 """
 
 import argparse

@@ -581,8 +581,8 @@ def evaluate(real: MultilevelData, synthetic=None, *, reference_splits: int = 5,
         rows are gathered in their serial order, so the report's tables are the same, bit for bit, as with
         ``n_jobs=1``. ``timings`` holds the wall time of each part (the first parallel part includes the start
         of the pool, about 2 s). Each worker makes the real data's TRTR fits of ML efficacy once for its chunk.
-        The speed-up needs free cores: on HSB-sized data, on 2 cores that another job kept busy, n_jobs=2 ran at
-        0.8x the speed of n_jobs=1 (``benchmarks/bench_quality.py --n-jobs 1 2``, whose docstring has the numbers).
+        The speed-up needs free cores: on HSB-sized data and 2 idle cores n_jobs=2 ran at 1.37x the speed of
+        n_jobs=1, on 2 cores kept busy by another job at 0.8x (``benchmarks/bench_quality.py --n-jobs 1 2``).
     """
     if not isinstance(real, MultilevelData):
         raise MlsimkitError("real: expected a MultilevelData")
