@@ -183,3 +183,33 @@ def test_sampling_skips_decoding_the_school_column_without_changing_the_rows(gen
     pd.testing.assert_frame_equal(full.drop(columns=[key]), part)
     x = np.random.default_rng(0).normal(size=(40, tr.output_dimensions)).astype(np.float32)
     pd.testing.assert_frame_equal(tr.inverse_transform(x).drop(columns=[key]), _inverse_transform(tr, x, key))
+
+
+def test_device_setting_is_checked_before_training(real):
+    """A device the machine lacks (or no device at all) is one error naming the generator and the setting,
+    before any training; both generators with networks read ``device`` the same way."""
+    from mlsimkit.generators.base import torch_device
+
+    assert torch_device("auto", "ctgan").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch_device("cpu", "ctgan") == torch.device("cpu")
+    for bad in ("gpu0", "tpu", 3.5):
+        with pytest.raises(MlsimkitError, match=r"generator 'ctgan', parameter 'device'"):
+            CTGANGenerator(device=bad).fit(real)
+    if not torch.cuda.is_available():
+        for cls in (CTGANGenerator, make("clavaddpm").__class__):
+            with pytest.raises(MlsimkitError, match=r"parameter 'device': 'cuda' asked for, but torch sees no"):
+                cls(device="cuda").fit(real)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_and_samples_on_a_gpu_and_stores_the_model_on_the_cpu(real, tmp_path):
+    g = make("ctgan", epochs=2, batch_size=100, embedding_dim=16, generator_dim=(32,), discriminator_dim=(32,),
+             random_state=3, device="cuda").fit(real)
+    assert all(p.device.type == "cpu" for p in g.model_._generator.parameters())
+    a, b = g.sample(30, seed=5), g.sample(30, seed=5)
+    assert a.equals(b) and not a.equals(g.sample(30, seed=6))
+    assert all(p.device.type == "cpu" for p in g.model_._generator.parameters())  # sampled on a copy
+    back = load(g.save(tmp_path / "ctgan-gpu.zip"))
+    assert back.sample(30, seed=5).equals(a)
+    back.device = "cpu"  # a GPU-trained model samples on a machine without one
+    _valid(back.sample(30, seed=5))

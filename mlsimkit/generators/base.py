@@ -36,6 +36,28 @@ def torch_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**63 - 1))
 
 
+def torch_device(device: str, generator: str):
+    """The torch device a generator's ``device`` setting names: ``"auto"`` is CUDA when torch sees a GPU,
+    else the CPU; ``"cuda"`` (or ``"cuda:1"``, ...) on a machine without one is an error naming the
+    generator and the setting, raised before any training or sampling starts."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MlsimkitError(f"generator '{generator}', parameter 'device': expected 'auto', 'cpu' or "
+                            f"'cuda[:k]', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MlsimkitError(f"generator '{generator}', parameter 'device': {device!r} asked for, but torch "
+                            f"sees no CUDA GPU on this machine (use 'auto' or 'cpu')")
+    if dev.type not in ("cpu", "cuda"):
+        raise MlsimkitError(f"generator '{generator}', parameter 'device': expected 'auto', 'cpu' or "
+                            f"'cuda[:k]', got {device!r}")
+    return dev
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run the block with ``n`` torch (and BLAS / OpenMP) CPU threads (None: unchanged), then restore.

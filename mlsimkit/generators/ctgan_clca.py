@@ -73,18 +73,20 @@ from .. import clca
 from ..data import MultilevelData
 from ..errors import MlsimkitError
 from ._assemble import assemble, codes_of, finish_numeric, two_level
-from .base import Generator, as_rng, torch_seed, torch_threads
+from .base import Generator, as_rng, torch_device, torch_seed, torch_threads
 
 ALIGNMENTS = ("clca", "naive", "none")
 
 
 @contextlib.contextmanager
-def seeded_global_rngs(seed: int):
-    """Seed torch's and numpy's global generators inside the block; restore their state afterwards."""
+def seeded_global_rngs(seed: int, device=None):
+    """Seed torch's and numpy's global generators (and ``device``'s, a CUDA device) inside the block;
+    restore their state afterwards."""
     import torch
 
     np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    cuda = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         try:
@@ -120,6 +122,11 @@ class CTGANGenerator(Generator):
         Torch (and BLAS) CPU threads during fit and sample, restored afterwards; None leaves torch's
         setting. Default 1: CTGAN's small networks gain little from threads, and on a shared 2-core
         machine two threads were 15x slower per epoch than one (64 s vs 4.3 s on HSB).
+    device : str
+        ``"auto"`` (default: CUDA when torch sees a GPU, else the CPU), ``"cpu"`` or ``"cuda[:k]"``: where
+        the networks train and sample. The trained model is stored on the CPU, so a model trained on a GPU
+        samples on a machine without one. The same seed gives the same model and samples on the same
+        device; a GPU's random streams and rounding differ from the CPU's, so results do not carry across.
     verbose : bool
         Show ctgan's progress bar.
     """
@@ -147,6 +154,7 @@ class CTGANGenerator(Generator):
         log_frequency: bool = True,
         random_state: int = 0,
         n_threads: int | None = 1,
+        device: str = "auto",
         verbose: bool = False,
     ):
         self.epochs = epochs
@@ -167,6 +175,7 @@ class CTGANGenerator(Generator):
         self.log_frequency = log_frequency
         self.random_state = random_state
         self.n_threads = n_threads
+        self.device = device
         self.verbose = verbose
 
     @classmethod
@@ -194,9 +203,11 @@ class CTGANGenerator(Generator):
     # ------------------------------------------------------------------ fit
     def fit(self, data: MultilevelData) -> "CTGANGenerator":
         """Train CTGAN on ``data``'s join-as-one table and store the real school-level targets of CLCA."""
+        import torch
         from ctgan import CTGAN
 
         self._check_settings()
+        device = torch_device(self.device, self.name)
         schema = data.schema
         lay = two_level(schema, self.name)
         joined = data.join_as_one()
@@ -216,10 +227,11 @@ class CTGANGenerator(Generator):
             generator_decay=self.generator_decay, discriminator_lr=self.discriminator_lr,
             discriminator_decay=self.discriminator_decay, batch_size=self.batch_size,
             discriminator_steps=self.discriminator_steps, log_frequency=self.log_frequency,
-            verbose=self.verbose, epochs=self.epochs, pac=self.pac, enable_gpu=False,
+            verbose=self.verbose, epochs=self.epochs, pac=self.pac, enable_gpu=device.type == "cuda",
         )
+        model.set_device(device)
         t0 = time.perf_counter()
-        with seeded_global_rngs(int(self.random_state)), warnings.catch_warnings(), \
+        with seeded_global_rngs(int(self.random_state), device), warnings.catch_warnings(), \
                 joblib.parallel_config(backend="sequential"), torch_threads(self.n_threads):
             # ctgan initialises its networks, and rdt fits and applies its mode-specific normalisation
             # (Bayesian Gaussian mixtures, random mode assignment), from the global generators: seeded here,
@@ -229,6 +241,7 @@ class CTGANGenerator(Generator):
             model.set_random_state(int(self.random_state))
             model.fit(train, discrete)
         model.random_states = None  # sampling seeds the global generators itself
+        model.set_device(torch.device("cpu"))  # stored on the CPU; _generate moves it where it samples
         self.fit_time_ = time.perf_counter() - t0
         lv = model.loss_values
         self.history_ = pd.DataFrame({
@@ -293,25 +306,43 @@ class CTGANGenerator(Generator):
         pad = rng.integers(0, len(self.labels_), n_pad)
         cond_rows = np.concatenate([label_idx_rows[order], pad])
         seed = torch_seed(rng)
-        gen = model._generator
+        device = torch_device(getattr(self, "device", "auto"), self.name)
+        gen = self._generator_on(device)
         saved = {k: v.clone() for k, v in gen.state_dict().items()}
         out = np.empty((cond_rows.size, model._transformer.output_dimensions), dtype=np.float32)
+        cond_index = torch.from_numpy(self.cond_index_).to(device)
         try:
-            with seeded_global_rngs(seed), torch.no_grad(), torch_threads(getattr(self, "n_threads", None)):
+            with seeded_global_rngs(seed, device), torch.no_grad(), \
+                    torch_threads(getattr(self, "n_threads", None)):
                 gen.train()
                 for start in range(0, cond_rows.size, bs):
-                    rows = cond_rows[start:start + bs]
-                    c = torch.zeros(bs, self.cond_dim_)
-                    c[torch.arange(bs), torch.from_numpy(self.cond_index_[rows])] = 1.0
-                    z = torch.normal(mean=torch.zeros(bs, self.embedding_dim), std=1.0)
+                    rows = torch.from_numpy(cond_rows[start:start + bs]).to(device)
+                    c = torch.zeros(bs, self.cond_dim_, device=device)
+                    c[torch.arange(bs, device=device), cond_index[rows]] = 1.0
+                    z = torch.normal(mean=torch.zeros(bs, self.embedding_dim, device=device), std=1.0)
                     fake = gen(torch.cat([z, c], dim=1))
-                    out[start:start + bs] = model._apply_activate(fake).numpy()
+                    out[start:start + bs] = model._apply_activate(fake).cpu().numpy()
                 raw = _inverse_transform(model._transformer, out[:n], None if keep_key else self.layout_.key)
         finally:
             gen.load_state_dict(saved)
         back = np.empty(n, dtype=np.int64)
         back[order] = np.arange(n)
         return raw.iloc[back].reset_index(drop=True)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_on_device", None)
+        return state
+
+    def _generator_on(self, device):
+        """CTGAN's generator network on ``device``: the stored (CPU) one, or a copy kept for the process."""
+        if device.type == "cpu":
+            return self.model_._generator
+        cache = getattr(self, "_on_device", None)
+        if cache is None or cache[0] != device:
+            import copy
+            self._on_device = cache = (device, copy.deepcopy(self.model_._generator).to(device))
+        return cache[1]
 
     def sample_raw(self, n_clusters: int, *, seed: Any) -> pd.DataFrame:
         """Unaligned CTGAN rows: the join-as-one columns plus ``_cluster`` (0..n_clusters-1) and ``_label``

@@ -79,8 +79,7 @@ from .. import decompose as _dec
 from ..data import MultilevelData
 from ..errors import MlsimkitError
 from ._ddpm import Denoiser, GaussianDiffusion, NoisyClassifier, TableCodec, seeded_init, train_loop
-from .base import torch_threads
-from .base import Generator, as_rng, make_ids, torch_seed
+from .base import Generator, as_rng, make_ids, torch_device, torch_seed, torch_threads
 
 #: ClavaDDPM's published configuration as we recall it from Pang et al. (2024) and their default
 #: configuration (network widths, step counts, batch size and classifier settings should be checked
@@ -214,9 +213,7 @@ class ClavaDDPMGenerator(Generator):
 
     # ------------------------------------------------------------------ helpers
     def _device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return torch_device(getattr(self, "device", "auto"), self.name)
 
     def _check_params(self) -> None:
         def pos_int(name, v, allow_none=False):
