@@ -335,9 +335,10 @@ class CTGANGenerator(Generator):
         return state
 
     def _generator_on(self, device):
-        """CTGAN's generator network on ``device``: the stored (CPU) one, or a copy kept for the process."""
+        """CTGAN's generator network on ``device``: the stored one, or a copy kept for the process. (The
+        ``ctgan`` package moves a loaded model to the GPU where it sees one, so the CPU case moves it back.)"""
         if device.type == "cpu":
-            return self.model_._generator
+            return self.model_._generator.to(device)
         cache = getattr(self, "_on_device", None)
         if cache is None or cache[0] != device:
             import copy
