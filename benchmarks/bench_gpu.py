@@ -17,7 +17,25 @@ device (``cuda`` if torch sees one, and ``cpu`` with one thread, as the studies'
 * sampling seconds per data set (median of ``--reps`` seeds, after one warm-up call) for each school count,
   CTGAN (with CLCA) and ClavaDDPM.
 
-Without a GPU only the CPU rows are printed. Figures measured on a lent GPU are in README's "Speed" notes.
+Without a GPU only the CPU rows are printed.
+
+Measured 2026-12-04 on a lent machine (NVIDIA H200, 16 cores; torch 2.11 + CUDA 13; the image's pandas 3
+replaced by 2.3.3), ``--ctgan-epochs 1 11 --ddpm-steps 200 1200 --schools 10 50 300 --reps 3``, one run
+(the CPU rows of ClavaDDPM were cut off by the loan's time limit):
+
+=========  ======  ===========================  ==============================  ========================
+generator  device  training                     projected (paper: 1600 epochs,  sample s per data set
+                                                20000 steps)                    (10 / 50 / 300 schools)
+=========  ======  ===========================  ==============================  ========================
+ctgan      cuda    0.159 s per epoch            260 s                           0.049 / 0.076 / 0.366
+ctgan      cpu 1   1.227 s per epoch            1,968 s                         0.069 / 0.131 / 0.502
+clavaddpm  cuda    2.66 ms per step (3 nets)    69 s                            0.436 / 0.504 / 0.533
+=========  ======  ===========================  ==============================  ========================
+
+CTGAN trains 7.7x faster on the GPU and samples 1.4-1.7x faster. ClavaDDPM's small networks are bound by
+kernel launches on the GPU: the 2-core machine's one core needs about 3.1 ms per step (20,000 steps in
+62 s) and samples 10 / 50 / 300 schools in 0.15 / 0.42 / 2.1 s, so the CPU wins below about 50 schools per
+data set. The book's "Rerun a notebook, fork the study" page turns this into advice.
 """
 from __future__ import annotations
 
