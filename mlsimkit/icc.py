@@ -32,6 +32,8 @@ variables as in the paper.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 from scipy import optimize, special
@@ -87,6 +89,23 @@ def icc1(data_frame: pd.DataFrame, column: str, cluster_key: str) -> float:
     return anova_components(s.to_numpy(dtype=float), data_frame[cluster_key].to_numpy())["icc"]
 
 
+def _negll_logistic_ri(theta, grad=False, *, n, s, counts, logcomb):
+    """Negative marginal log-likelihood of :func:`logistic_random_intercept` at ``theta = (b0, log_sd)``
+    (clusters collapsed to distinct (n, s) with ``counts``), and with ``grad`` its analytic gradient."""
+    b0, log_sd = theta
+    sd = np.exp(log_sd)
+    eta = b0 + sd * _GH_X[None, :]
+    # log p^s (1-p)^(n-s) = s*eta - n*log(1+exp(eta))
+    ll = s * eta - n * np.logaddexp(0.0, eta) + _GH_LOGW[None, :]
+    lse = special.logsumexp(ll, axis=1, keepdims=True)
+    f = -float(np.sum(counts * (lse + logcomb)[:, 0]))
+    if not grad:
+        return f
+    # d lse / d eta_k = softmax_k(ll) * (s - n * sigmoid(eta_k)), and eta_k = b0 + sd * x_k
+    d = np.exp(ll - lse) * (s - n * special.expit(eta))
+    return f, -np.array([np.sum(counts * d.sum(axis=1)), np.sum(counts * (d @ _GH_X)) * sd])
+
+
 def logistic_random_intercept(y, groups) -> dict:
     """ML fit of ``logit P(y=1) = b0 + u_j``, ``u_j ~ N(0, tau2)``; returns ``b0``, ``tau2``, ``loglik``.
 
@@ -103,19 +122,13 @@ def logistic_random_intercept(y, groups) -> dict:
     n_u, s_u = pairs[:, 0][:, None], pairs[:, 1][:, None]
     logcomb = special.gammaln(n_u + 1) - special.gammaln(s_u + 1) - special.gammaln(n_u - s_u + 1)
 
-    def negll(theta):
-        b0, log_sd = theta
-        eta = b0 + np.exp(log_sd) * _GH_X[None, :]
-        # log p^s (1-p)^(n-s) = s*eta - n*log(1+exp(eta))
-        ll = s_u * eta - n_u * np.logaddexp(0.0, eta) + _GH_LOGW[None, :]
-        lj = special.logsumexp(ll, axis=1)[:, None] + logcomb
-        return -float(np.sum(counts * lj[:, 0]))
+    negll = functools.partial(_negll_logistic_ri, n=n_u, s=s_u, counts=counts, logcomb=logcomb)
 
     pbar = np.clip(y.mean(), 1e-6, 1 - 1e-6)
     b_start = np.log(pbar / (1 - pbar))
     best = None
     for start_sd in (-1.5, 0.0):
-        res = optimize.minimize(negll, x0=[b_start, start_sd], method="L-BFGS-B",
+        res = optimize.minimize(negll, x0=[b_start, start_sd], args=(True,), jac=True, method="L-BFGS-B",
                                 bounds=[(-30, 30), (-8.0, 4.0)])
         if best is None or res.fun < best.fun:
             best = res
