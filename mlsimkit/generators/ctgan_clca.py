@@ -199,6 +199,7 @@ class CTGANGenerator(Generator):
                 self.cluster_size, (int, np.integer)) or self.cluster_size < 1):
             raise MlsimkitError(f"generator 'ctgan', parameter 'cluster_size': expected None or a positive "
                                 f"integer, got {self.cluster_size!r}")
+        torch_device(getattr(self, "device", "auto"), self.name)
 
     # ------------------------------------------------------------------ fit
     def fit(self, data: MultilevelData) -> "CTGANGenerator":
@@ -207,7 +208,7 @@ class CTGANGenerator(Generator):
         from ctgan import CTGAN
 
         self._check_settings()
-        device = torch_device(self.device, self.name)
+        device = torch_device(self.device, self.name)  # checked above
         schema = data.schema
         lay = two_level(schema, self.name)
         joined = data.join_as_one()

@@ -234,6 +234,7 @@ class ClavaDDPMGenerator(Generator):
             raise MlsimkitError(f"parameter 'eta': expected a number in [0, 1], got {self.eta!r}")
         if float(self.guidance_scale) < 0:
             raise MlsimkitError(f"parameter 'guidance_scale': expected >= 0, got {self.guidance_scale!r}")
+        self._device()
 
     def _progress_disabled(self):
         return False if self.verbose else None  # None: tqdm shows the bar only on a terminal
