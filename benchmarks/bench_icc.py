@@ -67,7 +67,7 @@ def _run(args) -> None:
     print(f"{'J':>5} {'analytic ms':>12} {'differences ms':>15} {'ratio':>6} {'max |dICC|':>11} {'min dloglik':>12}")
     for J in args.js:
         sets = [_data(J, rng) for _ in range(10)]
-        t_a, t_f, d_icc, d_ll = [], [], [], []
+        t_a, t_f = [], []
         for _ in range(args.reps):
             t = time.perf_counter()
             fa = [I.logistic_random_intercept(y, g) for y, g in sets]

@@ -189,6 +189,7 @@ def test_device_setting_is_checked_before_training(real):
     """A device the machine lacks (or no device at all) is one error naming the generator and the setting,
     before any training; both generators with networks read ``device`` the same way."""
     from mlsimkit.generators.base import torch_device
+    from mlsimkit.generators.diffusion import ClavaDDPMGenerator
 
     assert torch_device("auto", "ctgan").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert torch_device("cpu", "ctgan") == torch.device("cpu")
@@ -196,7 +197,7 @@ def test_device_setting_is_checked_before_training(real):
         with pytest.raises(MlsimkitError, match=r"generator 'ctgan', parameter 'device'"):
             CTGANGenerator(device=bad).fit(real)
     if not torch.cuda.is_available():
-        for cls in (CTGANGenerator, make("clavaddpm").__class__):
+        for cls in (CTGANGenerator, ClavaDDPMGenerator):
             with pytest.raises(MlsimkitError, match=r"parameter 'device': 'cuda' asked for, but torch sees no"):
                 cls(device="cuda").fit(real)
 
