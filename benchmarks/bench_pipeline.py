@@ -13,6 +13,18 @@ the records an earlier build left under ``DIR/runs`` (``make book`` writes them 
 
 Prints one table per profile (seconds per stage, total per study, the sum) and the machine; a study or stage
 without a record shows an empty cell. Not a pass/fail test: the numbers depend on how many cores are free.
+
+Measured 2026-12-04 on the 2-core machine, idle, ``--profiles default --studies hsb-prediction hsb-recovery``,
+two runs one after the other (seconds; notebooks only, the book build not counted):
+
+==============  =========  =========  =========  ==========  ==========  ============  =========
+study           1-specify  2-train    3-quality  4-simulate  5-evaluate  6-robustness  total
+==============  =========  =========  =========  ==========  ==========  ============  =========
+hsb-prediction  3.0 / 2.8  93 / 101   33 / 35    109 / 115   6.9 / 7.8   93 / 102      338 / 363
+hsb-recovery    2.8 / 2.9  5.8 / 6.0  35 / 35    66 / 66     5.9 / 6.1   72 / 76       187 / 192
+==============  =========  =========  =========  ==========  ==========  ============  =========
+
+Wall time of the two demonstrations: 531 s and 561 s (issue 15's target for the default profile: 12 minutes).
 """
 
 from __future__ import annotations
